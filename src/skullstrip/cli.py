@@ -1,0 +1,159 @@
+"""Command line: ``skullstrip -i IN -o OUT -m MASK`` and the subcommands.
+
+The main form strips one scan, with flags SynthStrip users know. Subcommands:
+``synth`` (make synthetic training images), ``train`` (train the model), ``eval``
+(measure masks against references), ``qc`` (overlay pictures without references).
+Errors print one line naming the file and the problem and exit non-zero; ``-v`` adds
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from skullstrip import __version__
+
+log = logging.getLogger("skullstrip")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+STRIP_EXAMPLES = """examples:
+  skullstrip -i t1.nii.gz -o brain.nii.gz -m mask.nii.gz
+  skullstrip -i flair.nii.gz -m mask.nii.gz -b 2          # 2 mm larger mask
+  skullstrip -i ct.nii.gz -m mask.nii.gz -d sdt.nii.gz    # also the distance map
+  skullstrip -i bold.nii.gz -o bold_brain.nii.gz           # 4D: one mask from the mean
+subcommands: skullstrip {synth,train,eval,qc} --help
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment: reported in one line, no traceback."""
+
+
+def _strip_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skullstrip",
+        description="Remove skull and non-brain tissue from a head scan of any modality (MRI, CT, PET, DWI, fMRI).",
+        epilog=STRIP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-i", "--image", required=True, help="input image (NIfTI .nii/.nii.gz or FreeSurfer .mgz)")
+    parser.add_argument("-o", "--out", help="stripped image (input's grid, header and data type)")
+    parser.add_argument("-m", "--mask", help="binary brain mask (uint8)")
+    parser.add_argument("-d", "--sdt", help="signed distance to the brain surface in mm (negative inside)")
+    parser.add_argument("-b", "--border", type=float, default=1.0,
+                        help="mask border in mm from the brain+CSF surface: positive grows, negative shrinks "
+                             "(default 1, as SynthStrip)")
+    parser.add_argument("--no-csf", action="store_true", help="exclude the CSF around the brain from the mask")
+    parser.add_argument("--volumes", choices=("mean", "first", "each"), default="mean",
+                        help="4D input: one mask from the mean or first volume (default mean), or one per volume")
+    parser.add_argument("--fill", type=float, default=None,
+                        help="value of non-brain voxels in the stripped image (default: the image minimum, "
+                             "0 for unsigned data)")
+    parser.add_argument("--json", help="JSON sidecar path (default: next to the first output)")
+    parser.add_argument("--no-json", action="store_true", help="write no JSON sidecar")
+    parser.add_argument("--force", action="store_true", help="allow overwriting existing outputs")
+    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--model", help="weights file to use instead of the shipped model")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print stage timings and tracebacks")
+    parser.add_argument("--version", action="version", version=f"skullstrip {__version__}")
+    return parser
+
+
+def _run_strip(args: argparse.Namespace) -> int:
+    from skullstrip.infer import StripOptions, strip_file
+
+    if not (args.out or args.mask or args.sdt):
+        raise UserError("nothing to write: give at least one of -o/--out, -m/--mask, -d/--sdt")
+    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, volumes=args.volumes, fill=args.fill,
+                           threads=args.threads, device=args.device, model_path=args.model)
+    result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
+                        json_path=None if args.no_json else (args.json or "auto"), options=options,
+                        overwrite=args.force)
+    if not args.quiet:
+        print(f"{args.image}: brain volume {result.volume_ml:.0f} mL, {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def _synth_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skullstrip synth", description="Write synthetic training images.")
+    parser.add_argument("--labels", help="folder of 1 mm label maps (BrainWeb labels); default: procedural heads")
+    parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modality", choices=("mri", "ct", "pet", "epi", "mra"), help="force one modality family")
+    parser.add_argument("--preview", action="store_true", help="also write preview.png (three planes, mask outline)")
+    parser.add_argument("--real", nargs="*", default=(), help="real scans to show beside the synthetic ones")
+    return parser
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from skullstrip.synth import write_samples
+
+    write_samples(labels_dir=args.labels, n=args.n, out_dir=args.out, seed=args.seed, modality=args.modality,
+                  preview=args.preview, real_images=args.real)
+    return EXIT_OK
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skullstrip train", description="Train the model on synthetic heads.")
+    parser.add_argument("--labels", required=True, help="folder of 1 mm label maps (BrainWeb labels)")
+    parser.add_argument("--config", help="training recipe (JSON; fields of skullstrip.train.TrainConfig)")
+    parser.add_argument("--out", required=True, help="run folder (checkpoint, log, curves)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    parser.add_argument("--eval-manifest", help="real scans to monitor Dice on at each validation (never trained on)")
+    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from skullstrip.train import TrainConfig, train
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    monitor = None
+    if args.eval_manifest:
+        from skullstrip.evaluate import real_scan_monitor
+
+        monitor = real_scan_monitor(args.eval_manifest)
+    train(args.labels, args.out, config, resume=args.resume, monitor=monitor, progress=not args.quiet,
+          max_minutes=args.max_minutes)
+    return EXIT_OK
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "synth": (_synth_parser, _run_synth),
+    "train": (_train_parser, _run_train),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        make_parser, run = SUBCOMMANDS[argv[0]]
+        args = make_parser().parse_args(argv[1:])
+    else:
+        args = _strip_parser().parse_args(argv)
+        run = _run_strip
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING if getattr(args, "quiet", False)
+                        else logging.INFO, format="%(message)s")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("skullstrip: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, FileNotFoundError, FileExistsError, PermissionError, ValueError, OSError) as error:
+        if verbose:
+            raise
+        print(f"skullstrip: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,754 @@
+"""Synthetic head images of any modality, made from anatomical label maps.
+
+This implements the idea of SynthStrip (Hoopes et al., NeuroImage 2022) and of
+MindGrab/PUMBA (brainchop): a network trained only on images synthesised from label
+maps, with random contrasts and artefacts, learns the *shape* "brain inside a skull"
+instead of one scanner's contrast, so one model serves every modality.
+
+Design, after TorchIO: every augmentation is split into a *random* part that only draws
+parameters (``sample_*`` functions returning a frozen dataclass) and a *deterministic*
+part that applies them (the dataclass's ``__call__``). A sample is therefore fully
+reproducible from its seed, and each step can be tested on its own.
+
+Pipeline of one sample (``SyntheticHeads.sample``):
+
+1. anatomy: a 1 mm label map (BrainWeb subject or procedural head), with its brain
+   signed distance maps precomputed once;
+2. ``SpatialTransform``: affine (rotation, scale, shear, shift) plus a smooth nonlinear
+   displacement, mapping the output grid into the label map;
+3. ``TissueContrast``: one intensity per label drawn from a modality family (random
+   GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like),
+   applied on the 1 mm labels and sampled with linear interpolation (partial volume);
+4. resolution and artefacts at the output grid: ``Resolution`` (blur, thick slices),
+   ``EpiDistortion``, ``Dropout``, ``BiasField``, ``Ghosting``, ``Noise``, ``Gamma``,
+   ``Quantisation``, ``FieldOfViewCut``;
+5. ``conform.normalize_intensity`` - the very function inference uses.
+
+Targets: the signed distance (mm, positive outside) to the brain surface in the
+SynthStrip/MindGrab convention (labels CSF, GM, WM and enclosed vessels, holes filled)
+and to the brain without extracerebral CSF, both resampled with the same transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from skullstrip.conform import normalize_intensity
+from skullstrip.postprocess import largest_component
+
+# BrainWeb tissue labels (see shared data README); procedural heads use the same values.
+AIR, CSF, GM, WM, FAT, MUSCLE, SKIN, SKULL, VESSEL, CONNECTIVE, DURA, MARROW = range(12)
+N_LABELS = 12
+SDT_CLIP_MM = 25.0
+MODALITIES = ("mri", "ct", "pet", "epi", "mra")
+
+
+@dataclass
+class SynthConfig:
+    """All parameters of the generator's random draws, in one place."""
+
+    shape: tuple[int, int, int] = (80, 80, 80)
+    voxel_mm: float = 2.0
+    modality_weights: dict[str, float] = field(
+        default_factory=lambda: {"mri": 0.55, "ct": 0.12, "pet": 0.08, "epi": 0.18, "mra": 0.07}
+    )
+    max_rotation_deg: float = 25.0
+    p_axis_permutation: float = 0.1  # heads lying in any axis order (wrong headers)
+    scale_range: float = 0.15
+    max_shear: float = 0.05
+    max_shift_mm: float = 30.0
+    deform_max_mm: float = 4.0
+    deform_control_points: int = 5
+    p_thick_slices: float = 0.45
+    thick_slice_mm: tuple[float, float] = (3.0, 6.5)
+    p_blur: float = 0.5
+    p_fov_cut: float = 0.3
+    max_bias_log: float = 0.5
+    noise_std: tuple[float, float] = (0.0, 0.08)
+    p_ghosting: float = 0.15
+    p_quantise: float = 0.3
+    gamma_log_std: float = 0.25
+
+
+# --------------------------------------------------------------------------- anatomy
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """A 1 mm RAS label map with the signed distances of its two brain masks."""
+
+    labels: np.ndarray  # uint8
+    sdt_brain: np.ndarray  # float16 mm, positive outside
+    sdt_nocsf: np.ndarray  # float16 mm
+    name: str
+
+    @property
+    def brain_centre_vox(self) -> np.ndarray:
+        inside = np.argwhere(self.sdt_brain[::4, ::4, ::4] < 0) * 4
+        return inside.mean(axis=0)
+
+
+def brain_masks_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brain masks in the SynthStrip/MindGrab convention from tissue labels.
+
+    Brain+CSF: CSF, GM and WM plus the vessels enclosed by them, holes filled, largest
+    component (drops CSF in the eyes or spinal canal that does not touch the brain).
+    No-CSF: GM+WM with the enclosed ventricles (hole filling), largest component.
+    """
+    tissue = np.isin(labels, (CSF, GM, WM))
+    closed = ndi.binary_closing(tissue, iterations=2)
+    brain = largest_component(ndi.binary_fill_holes(tissue | (closed & (labels == VESSEL))))
+    parenchyma = ndi.binary_fill_holes(np.isin(labels, (GM, WM)))
+    nocsf = largest_component(ndi.binary_fill_holes(ndi.binary_closing(parenchyma, iterations=1)))
+    return brain, nocsf & brain
+
+
+def signed_distance_mm(mask: np.ndarray, spacing: float | Sequence[float] = 1.0) -> np.ndarray:
+    """Signed Euclidean distance to the mask surface in mm: negative inside."""
+    if not mask.any():
+        return np.full(mask.shape, SDT_CLIP_MM, dtype=np.float32)
+    outside = ndi.distance_transform_edt(~mask, sampling=spacing)
+    inside = ndi.distance_transform_edt(mask, sampling=spacing)
+    return (outside - inside).astype(np.float32)
+
+
+def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
+    brain, nocsf = brain_masks_from_labels(labels)
+    return Anatomy(
+        labels=labels.astype(np.uint8),
+        sdt_brain=np.clip(signed_distance_mm(brain), -SDT_CLIP_MM, SDT_CLIP_MM).astype(np.float16),
+        sdt_nocsf=np.clip(signed_distance_mm(nocsf), -SDT_CLIP_MM, SDT_CLIP_MM).astype(np.float16),
+        name=name,
+    )
+
+
+def load_label_map(path: str | Path) -> np.ndarray:
+    """A label map reoriented to RAS and cropped to the head plus a margin."""
+    import nibabel as nib
+
+    image = nib.as_closest_canonical(nib.load(str(path)))
+    zooms = image.header.get_zooms()[:3]
+    if not np.allclose(zooms, 1.0, atol=0.05):
+        raise ValueError(f"{path}: label maps must be 1 mm isotropic, got {zooms}")
+    labels = np.asarray(image.dataobj, dtype=np.uint8)
+    return _crop_to_content(labels, margin=8)
+
+
+def brainweb_paths(directory: str | Path) -> list[Path]:
+    """The label maps in a directory (``*.nii.gz`` / ``*.nii`` / ``*.mgz``), sorted."""
+    directory = Path(directory)
+    paths = sorted(p for p in directory.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mgz")))
+    if not paths:
+        raise FileNotFoundError(f"no label maps (*.nii.gz, *.nii, *.mgz) in {directory}")
+    return paths
+
+
+def procedural_labels(rng: np.random.Generator, shape: tuple[int, int, int] = (150, 180, 170)) -> np.ndarray:
+    """A head made of nested, randomly deformed ellipsoids: no real anatomy at all.
+
+    Layers from outside in: skin, fat, muscle, skull (with marrow), dura, CSF, grey
+    matter, white matter with ventricles; plus eyes, a neck and a few vessels. Radii
+    are perturbed by smooth noise so every head has its own shape. 1 mm voxels, RAS.
+    """
+    grid = np.stack(
+        np.meshgrid(*[np.arange(n, dtype=np.float32) - n / 2 for n in shape], indexing="ij")
+    )
+    centre = np.array([0, 8, 18], dtype=np.float32) + rng.normal(0, 3, 3).astype(np.float32)
+    radii = np.array([70, 88, 72], dtype=np.float32) * rng.uniform(0.88, 1.08, 3).astype(np.float32)
+    rel = (grid - centre[:, None, None, None]) / radii[:, None, None, None]
+    radius = np.sqrt((rel**2).sum(axis=0))  # 1.0 on the outer head surface
+    wobble = _smooth_noise(rng, shape, control=6, amplitude=0.035)
+    folding = _smooth_noise(rng, shape, control=24, amplitude=0.03)
+    r = radius + wobble
+
+    labels = np.zeros(shape, dtype=np.uint8)
+    shells = [  # (outer radius, label), outermost first; thicknesses in radius units
+        (1.00, SKIN),
+        (0.975, FAT),
+        (0.95, MUSCLE),
+        (0.93, SKULL),
+        (0.905, MARROW),
+        (0.89, SKULL),
+        (0.87, DURA),
+        (0.86, CSF),
+    ]
+    for outer, label in shells:
+        labels[r <= outer + rng.normal(0, 0.004)] = label
+    cortex = r + folding
+    labels[cortex <= 0.835] = GM
+    labels[cortex <= 0.74] = WM
+    ventricle_rel = (grid - (centre + np.array([0, 5, 5], np.float32))[:, None, None, None]) / (
+        np.array([14, 30, 12], np.float32) * rng.uniform(0.6, 1.4)
+    )[:, None, None, None]
+    labels[((ventricle_rel**2).sum(axis=0) <= 1.0) & (labels == WM)] = CSF
+
+    for side in (-1, 1):  # eyes: fluid balls in the orbit, in front of the brain
+        eye_centre = centre + np.array([side * 32, radii[1] * 0.78, -radii[2] * 0.35], np.float32)
+        eye = ((grid - eye_centre[:, None, None, None]) ** 2).sum(axis=0) <= rng.uniform(10, 13) ** 2
+        labels[eye] = CSF
+        labels[eye & (((grid - eye_centre[:, None, None, None]) ** 2).sum(axis=0) > 9**2)] = CONNECTIVE
+
+    neck_rel = (grid[:2] - (centre[:2] + np.array([0, -5], np.float32))[:, None, None, None]) / np.array(
+        [45, 45], np.float32
+    )[:, None, None, None]
+    neck = ((neck_rel**2).sum(axis=0) <= 1.0) & (grid[2] < centre[2] - radii[2] * 0.55) & (labels == AIR)
+    labels[neck] = MUSCLE
+    labels[neck & ((neck_rel**2).sum(axis=0) > 0.8)] = SKIN
+
+    vessels = (np.abs(_smooth_noise(rng, shape, control=10, amplitude=1.0)) < 0.015) & np.isin(labels, (GM, CSF))
+    labels[vessels] = VESSEL
+    return labels
+
+
+# ------------------------------------------------------------------- spatial transform
+
+
+@dataclass(frozen=True)
+class SpatialTransform:
+    """Maps output voxels into label-map voxels: affine then a smooth displacement.
+
+    ``matrix``/``offset`` take output voxel indices to label voxels; ``displacement``
+    (3 x control^3, in label voxels) is upsampled to the output grid with cubic splines.
+    """
+
+    matrix: np.ndarray
+    offset: np.ndarray
+    displacement: np.ndarray
+    output_shape: tuple[int, int, int]
+    output_voxel_mm: float
+
+    def coordinates(self) -> np.ndarray:
+        index = np.indices(self.output_shape, dtype=np.float32).reshape(3, -1)
+        coords = self.matrix.astype(np.float32) @ index + self.offset.astype(np.float32)[:, None]
+        for axis in range(3):
+            coords[axis] += upsample_smooth(self.displacement[axis], self.output_shape).ravel()
+        return coords
+
+    @property
+    def mm_per_label_mm(self) -> float:
+        """How many output mm one label-map mm becomes (to rescale distances)."""
+        return self.output_voxel_mm / abs(np.linalg.det(self.matrix)) ** (1 / 3)
+
+
+def sample_spatial_transform(
+    rng: np.random.Generator, config: SynthConfig, anatomy: Anatomy
+) -> SpatialTransform:
+    rotation = _random_rotation(rng, config.max_rotation_deg)
+    if rng.random() < config.p_axis_permutation:
+        permutation = np.eye(3)[rng.permutation(3)] * rng.choice([-1, 1], size=3)[:, None]
+        rotation = permutation @ rotation
+    scale = np.diag(1 + rng.uniform(-config.scale_range, config.scale_range, 3))
+    shear = np.eye(3) + np.triu(rng.uniform(-config.max_shear, config.max_shear, (3, 3)), 1)
+    # output voxel (mm) -> label voxel (1 mm): divide by scale so scale>1 enlarges the head
+    linear = config.voxel_mm * rotation @ shear @ np.linalg.inv(scale)
+    centre_out = (np.asarray(config.shape) - 1) / 2
+    target = anatomy.brain_centre_vox + rng.uniform(-1, 1, 3) * config.max_shift_mm
+    offset = target - linear @ centre_out
+    control = config.deform_control_points
+    displacement = rng.normal(0, config.deform_max_mm / 2, (3, control, control, control))
+    return SpatialTransform(
+        matrix=linear,
+        offset=offset,
+        displacement=np.clip(displacement, -config.deform_max_mm, config.deform_max_mm),
+        output_shape=tuple(config.shape),
+        output_voxel_mm=config.voxel_mm,
+    )
+
+
+# -------------------------------------------------------------------- tissue contrast
+
+
+@dataclass(frozen=True)
+class TissueContrast:
+    """One mean intensity and within-tissue std per label (a Gaussian mixture)."""
+
+    means: np.ndarray  # (N_LABELS,)
+    stds: np.ndarray  # (N_LABELS,)
+    modality: str
+
+    def __call__(self, labels_sampled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Intensities for an array of (already resampled) labels with tissue texture."""
+        image = self.means[labels_sampled].astype(np.float32)
+        image += self.stds[labels_sampled].astype(np.float32) * rng.standard_normal(
+            labels_sampled.shape, dtype=np.float32
+        )
+        return image
+
+
+def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueContrast:
+    """Draw per-label intensities for a modality family.
+
+    - ``mri``: half the time a fully random GMM (any contrast order, as SynthStrip), else
+      T1-, T2-, FLAIR- or PD-like orderings with jittered values.
+    - ``ct``: Hounsfield units (bone 700-1800, brain 20-45, CSF 0-15, fat about -100,
+      air -1000), sometimes stored with a +1024 offset as unsigned scanners do.
+    - ``pet``: grey matter uptake highest, white matter lower, little outside the brain.
+    - ``epi``: T2*/b0-like (CSF bright, fat suppressed), artefacts added later.
+    - ``mra``: bright vessels on a dark background.
+    """
+    means = np.zeros(N_LABELS)
+    stds = np.zeros(N_LABELS)
+    if modality == "mri":
+        if rng.random() < 0.5:
+            means = rng.uniform(0, 1, N_LABELS)
+            means[AIR] = rng.uniform(0, 0.1) if rng.random() < 0.85 else rng.uniform(0, 1)
+        else:
+            means = _mri_family_means(rng, rng.choice(["t1", "t2", "flair", "pd"]))
+        stds = rng.uniform(0, 0.06, N_LABELS)
+    elif modality == "ct":
+        means[:] = [-1000, rng.uniform(0, 15), rng.uniform(32, 45), rng.uniform(20, 32),
+                    rng.uniform(-120, -80), rng.uniform(35, 60), rng.uniform(30, 60),
+                    rng.uniform(700, 1800), rng.uniform(35, 300), rng.uniform(-30, 30),
+                    rng.uniform(30, 70), rng.uniform(200, 800)]  # fmt: skip
+        stds[:] = rng.uniform(2, 8)
+        stds[SKULL] = stds[MARROW] = rng.uniform(30, 150)
+        if rng.random() < 0.25:
+            means += 1024
+    elif modality == "pet":
+        means[:] = 0.0
+        means[GM] = 1.0
+        means[WM] = rng.uniform(0.25, 0.5)
+        means[CSF] = rng.uniform(0.0, 0.15)
+        means[VESSEL] = rng.uniform(0.1, 0.5)
+        means[[MUSCLE, SKIN, FAT, CONNECTIVE, MARROW]] = rng.uniform(0.0, 0.25, 5)
+        stds[:] = 0.05
+    elif modality == "epi":
+        means = _mri_family_means(rng, "t2")
+        means[[FAT, MARROW]] = rng.uniform(0.0, 0.3, 2)  # fat suppression
+        if rng.random() < 0.3:  # diffusion-weighted: CSF dark, tissue grey
+            means[CSF] = rng.uniform(0.0, 0.2)
+        stds = rng.uniform(0, 0.05, N_LABELS)
+    elif modality == "mra":
+        means = rng.uniform(0.05, 0.3, N_LABELS)
+        means[AIR] = rng.uniform(0, 0.05)
+        means[VESSEL] = rng.uniform(0.8, 1.0)
+        means[FAT] = rng.uniform(0.2, 0.6)
+        stds = rng.uniform(0, 0.04, N_LABELS)
+    else:
+        raise ValueError(f"unknown modality family {modality!r}; choose from {MODALITIES}")
+    return TissueContrast(means=means, stds=stds, modality=modality)
+
+
+def _mri_family_means(rng: np.random.Generator, family: str) -> np.ndarray:
+    base = {  # air csf gm wm fat muscle skin skull vessel connect dura marrow
+        "t1": [0.02, 0.15, 0.55, 0.8, 0.9, 0.4, 0.5, 0.05, 0.5, 0.6, 0.3, 0.7],
+        "t2": [0.02, 0.95, 0.6, 0.4, 0.7, 0.25, 0.4, 0.05, 0.2, 0.5, 0.2, 0.5],
+        "flair": [0.02, 0.08, 0.6, 0.45, 0.7, 0.3, 0.45, 0.05, 0.2, 0.5, 0.3, 0.5],
+        "pd": [0.02, 0.8, 0.75, 0.6, 0.85, 0.45, 0.6, 0.05, 0.4, 0.6, 0.4, 0.6],
+    }[family]
+    return np.clip(np.asarray(base) + rng.normal(0, 0.07, N_LABELS), 0, 1)
+
+
+# -------------------------------------------------------------- resolution/artefacts
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Blur (sigma in output voxels per axis) and optional thick slices along one axis."""
+
+    sigma_vox: np.ndarray
+    slice_axis: int | None = None
+    slice_factor: float = 1.0  # slice spacing / output voxel size
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if np.any(self.sigma_vox > 0.1):
+            image = ndi.gaussian_filter(image, self.sigma_vox, mode="nearest")
+        if self.slice_axis is not None and self.slice_factor > 1.05:
+            # keep one slice every `slice_factor` voxels, then interpolate back linearly:
+            # what conforming a thick-slice clinical scan to the working grid produces
+            n = image.shape[self.slice_axis]
+            kept = max(2, int(round(n / self.slice_factor)))
+            down = [1.0, 1.0, 1.0]
+            down[self.slice_axis] = kept / n
+            coarse = ndi.zoom(image, down, order=1, grid_mode=True, mode="nearest")
+            up = [1.0, 1.0, 1.0]
+            up[self.slice_axis] = n / coarse.shape[self.slice_axis]
+            image = ndi.zoom(coarse, up, order=1, grid_mode=True, mode="nearest")
+        return image
+
+
+def sample_resolution(rng: np.random.Generator, config: SynthConfig, modality: str) -> Resolution:
+    sigma = np.zeros(3)
+    if modality == "pet":
+        fwhm_mm = rng.uniform(5.0, 10.0)
+        sigma[:] = fwhm_mm / 2.355 / config.voxel_mm
+    elif modality == "epi":
+        sigma[:] = rng.uniform(2.0, 4.0) / 2.355 / config.voxel_mm * rng.uniform(0.8, 1.2, 3)
+    elif rng.random() < config.p_blur:
+        sigma[:] = rng.uniform(0.0, 1.0, 3)
+    slice_axis, slice_factor = None, 1.0
+    if modality in ("mri", "ct", "epi") and rng.random() < config.p_thick_slices:
+        slice_axis = int(rng.integers(3))
+        slice_factor = rng.uniform(*config.thick_slice_mm) / config.voxel_mm
+        sigma[slice_axis] = max(sigma[slice_axis], slice_factor * 0.4)
+    return Resolution(sigma_vox=sigma, slice_axis=slice_axis, slice_factor=slice_factor)
+
+
+@dataclass(frozen=True)
+class BiasField:
+    """Smooth multiplicative field: exp of a coarse random log-field upsampled."""
+
+    log_field: np.ndarray  # coarse grid
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        field = np.exp(upsample_smooth(self.log_field, image.shape))
+        return image * field
+
+
+def sample_bias_field(rng: np.random.Generator, config: SynthConfig) -> BiasField:
+    size = int(rng.integers(2, 6))
+    strength = rng.uniform(0, config.max_bias_log)
+    return BiasField(rng.normal(0, strength, (size, size, size)))
+
+
+@dataclass(frozen=True)
+class EpiDistortion:
+    """Susceptibility-like geometric distortion: displacement along one (phase) axis."""
+
+    axis: int
+    displacement_vox: np.ndarray  # coarse grid
+
+    def __call__(self, volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        shape = volumes[0].shape
+        shift = upsample_smooth(self.displacement_vox, shape)
+        coords = np.indices(shape, dtype=np.float32)
+        coords[self.axis] += shift
+        return [ndi.map_coordinates(v, coords, order=1, mode="nearest") for v in volumes]
+
+
+def sample_epi_distortion(rng: np.random.Generator, config: SynthConfig) -> EpiDistortion:
+    max_mm = rng.uniform(2.0, 8.0)
+    coarse = rng.normal(0, max_mm / 2 / config.voxel_mm, (4, 4, 4))
+    return EpiDistortion(axis=int(rng.integers(3)), displacement_vox=coarse)
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Signal loss near air/tissue borders (sinuses, ear canals), as in EPI.
+
+    Gaussian blobs at given voxel centres multiply the image by (1 - depth * blob).
+    """
+
+    centres_vox: np.ndarray  # (k, 3)
+    radius_vox: np.ndarray  # (k,)
+    depth: np.ndarray  # (k,)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        attenuation = np.ones(image.shape, dtype=np.float32)
+        grid = np.indices(image.shape, dtype=np.float32)
+        for centre, radius, depth in zip(self.centres_vox, self.radius_vox, self.depth):
+            d2 = sum((grid[a] - centre[a]) ** 2 for a in range(3))
+            attenuation *= 1 - depth * np.exp(-d2 / (2 * radius**2))
+        return image * attenuation
+
+
+def sample_dropout(rng: np.random.Generator, sdt_brain: np.ndarray) -> Dropout:
+    """Blobs centred just outside the inferior half of the brain surface."""
+    near_surface = np.argwhere((np.abs(sdt_brain) < 6) & (np.indices(sdt_brain.shape)[2] < sdt_brain.shape[2] * 0.5))
+    k = int(rng.integers(1, 4))
+    if len(near_surface) == 0:
+        return Dropout(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
+    centres = near_surface[rng.integers(len(near_surface), size=k)].astype(float)
+    return Dropout(centres, rng.uniform(3, 8, k), rng.uniform(0.5, 1.0, k))
+
+
+@dataclass(frozen=True)
+class Ghosting:
+    """Motion/Nyquist ghost: a shifted, attenuated copy of the image along one axis."""
+
+    axis: int
+    shift_fraction: float
+    intensity: float
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        shift = int(round(self.shift_fraction * image.shape[self.axis]))
+        return image + self.intensity * np.roll(image, shift, axis=self.axis)
+
+
+def sample_ghosting(rng: np.random.Generator) -> Ghosting:
+    return Ghosting(int(rng.integers(3)), rng.choice([0.5, rng.uniform(0.1, 0.9)]), rng.uniform(0.03, 0.25))
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Additive Gaussian noise or Rician (magnitude of complex Gaussian) noise."""
+
+    std: float
+    rician: bool
+    seed: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        real = image + rng.normal(0, self.std, image.shape).astype(np.float32)
+        if not self.rician:
+            return real
+        imaginary = rng.normal(0, self.std, image.shape).astype(np.float32)
+        return np.sqrt(real**2 + imaginary**2)
+
+
+def sample_noise(rng: np.random.Generator, config: SynthConfig, modality: str) -> Noise:
+    std = rng.uniform(*config.noise_std)
+    return Noise(std=std, rician=modality in ("epi", "mri") and rng.random() < 0.5, seed=int(rng.integers(2**31)))
+
+
+@dataclass(frozen=True)
+class Gamma:
+    """Intensity gamma on the [0, 1]-scaled image: changes contrast non-linearly."""
+
+    gamma: float
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        low, high = float(image.min()), float(image.max())
+        scaled = (image - low) / max(high - low, 1e-6)
+        return (scaled**self.gamma * (high - low) + low).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Quantisation:
+    """Integer storage: round to a number of grey levels (8-bit templates, uint16)."""
+
+    levels: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        low, high = float(image.min()), float(image.max())
+        step = max(high - low, 1e-6) / self.levels
+        return (np.round((image - low) / step) * step + low).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FieldOfViewCut:
+    """A scan that does not cover the whole head: voxels past a plane get the background."""
+
+    axis: int
+    keep_from: int
+    keep_to: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = image.copy()
+        background = float(image.min())
+        index = [slice(None)] * 3
+        index[self.axis] = slice(0, self.keep_from)
+        out[tuple(index)] = background
+        index[self.axis] = slice(self.keep_to, None)
+        out[tuple(index)] = background
+        return out
+
+
+def sample_fov_cut(rng: np.random.Generator, shape: tuple[int, int, int]) -> FieldOfViewCut:
+    axis = int(rng.integers(3))
+    n = shape[axis]
+    keep = int(n * rng.uniform(0.45, 0.85))
+    start = int(rng.integers(0, n - keep + 1))
+    return FieldOfViewCut(axis, start, start + keep)
+
+
+# ------------------------------------------------------------------------- the sample
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # float32, normalised as for inference
+    sdt_brain: np.ndarray  # float32 mm in output space, positive outside
+    sdt_nocsf: np.ndarray
+    affine: np.ndarray  # output voxel -> mm (RAS-like, for writing NIfTI)
+    modality: str
+    anatomy: str
+
+    @property
+    def brain_mask(self) -> np.ndarray:
+        return self.sdt_brain < 0
+
+
+class SyntheticHeads:
+    """Deterministic synthetic head generator: ``sample(seed)`` always gives the same head.
+
+    ``anatomies`` are the 1 mm label maps to draw from (load them with
+    :func:`load_anatomies`); with ``n_procedural`` extra procedural heads made from
+    ``procedural_seed``, so the generator also works with no external data at all.
+    """
+
+    def __init__(self, anatomies: Sequence[Anatomy], config: SynthConfig | None = None) -> None:
+        if not anatomies:
+            raise ValueError("the generator needs at least one anatomy")
+        self.anatomies = list(anatomies)
+        self.config = config or SynthConfig()
+
+    def sample(self, seed: int, modality: str | None = None) -> Sample:
+        config = self.config
+        rng = np.random.default_rng(seed)
+        anatomy = self.anatomies[int(rng.integers(len(self.anatomies)))]
+        if modality is None:
+            names = list(config.modality_weights)
+            weights = np.asarray([config.modality_weights[n] for n in names], dtype=float)
+            modality = str(rng.choice(names, p=weights / weights.sum()))
+
+        transform = sample_spatial_transform(rng, config, anatomy)
+        coords = transform.coordinates()
+        contrast = sample_tissue_contrast(rng, modality)
+        tissue_image = contrast(anatomy.labels, rng)
+        shape = config.shape
+        image = ndi.map_coordinates(tissue_image, coords, order=1, mode="constant", cval=contrast.means[AIR])
+        image = image.reshape(shape).astype(np.float32)
+        to_output_mm = transform.mm_per_label_mm
+        targets = [
+            ndi.map_coordinates(sdt.astype(np.float32), coords, order=1, mode="constant", cval=SDT_CLIP_MM)
+            .reshape(shape)
+            .astype(np.float32)
+            * np.float32(to_output_mm)
+            for sdt in (anatomy.sdt_brain, anatomy.sdt_nocsf)
+        ]
+
+        if modality == "epi":
+            image, *targets = sample_epi_distortion(rng, config)([image, *targets])
+            if rng.random() < 0.7:
+                image = sample_dropout(rng, targets[0])(image)
+        image = sample_resolution(rng, config, modality)(image)
+        image = sample_bias_field(rng, config)(image) if modality != "ct" else image
+        if rng.random() < config.p_ghosting and modality in ("mri", "epi"):
+            image = sample_ghosting(rng)(image)
+        if modality == "ct":
+            image = image + rng.normal(0, rng.uniform(1, 6), image.shape).astype(np.float32)
+        else:
+            image = np.maximum(image, 0)
+            image = sample_noise(rng, config, modality)(image)
+            image = Gamma(float(np.exp(rng.normal(0, config.gamma_log_std))))(image)
+        if rng.random() < config.p_quantise:
+            image = Quantisation(int(rng.choice([64, 256, 4096])))(image)
+        if rng.random() < config.p_fov_cut:
+            image = sample_fov_cut(rng, shape)(image)
+        affine = np.eye(4)
+        affine[:3, :3] *= config.voxel_mm
+        return Sample(
+            image=normalize_intensity(image),
+            sdt_brain=targets[0],
+            sdt_nocsf=targets[1],
+            affine=affine,
+            modality=modality,
+            anatomy=anatomy.name,
+        )
+
+    def __iter__(self) -> Iterator[Sample]:
+        seed = 0
+        while True:
+            yield self.sample(seed)
+            seed += 1
+
+
+def load_anatomies(paths: Sequence[str | Path]) -> list[Anatomy]:
+    """Label maps from files, with their brain distance maps (about 2 s each)."""
+    return [anatomy_from_labels(load_label_map(p), Path(p).name.split(".")[0]) for p in paths]
+
+
+def procedural_anatomies(n: int, seed: int = 0) -> list[Anatomy]:
+    """``n`` procedural heads (no external data needed), reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [anatomy_from_labels(procedural_labels(rng), f"procedural{i:03d}") for i in range(n)]
+
+
+def write_samples(out_dir: str | Path, n: int, labels_dir: str | Path | None = None, seed: int = 0,
+                  modality: str | None = None, preview: bool = False,
+                  real_images: Sequence[str | Path] = ()) -> list[Path]:
+    """Write ``n`` samples as ``synth_XXX_image.nii.gz`` / ``_mask.nii.gz`` (+ ``preview.png``).
+
+    Without ``labels_dir`` the anatomy is procedural. ``real_images`` are shown in the
+    preview above the synthetic ones, for a side-by-side look.
+    """
+    import nibabel as nib
+
+    from skullstrip.qc import montage_png
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    anatomies = load_anatomies(brainweb_paths(labels_dir)) if labels_dir else procedural_anatomies(4, seed)
+    generator = SyntheticHeads(anatomies)
+    written, rows = [], []
+    for real in real_images:
+        image = nib.load(str(real))
+        data = np.asanyarray(image.dataobj).astype(np.float32)
+        rows.append((data if data.ndim == 3 else data[..., 0], None, image.affine, f"real: {Path(real).parent.name}"))
+    for index in range(n):
+        sample = generator.sample(seed + index, modality)
+        stem = out_dir / f"synth_{index:03d}"
+        nib.save(nib.Nifti1Image(sample.image, sample.affine), f"{stem}_image.nii.gz")
+        nib.save(nib.Nifti1Image(sample.brain_mask.astype(np.uint8), sample.affine), f"{stem}_mask.nii.gz")
+        written.append(Path(f"{stem}_image.nii.gz"))
+        rows.append((sample.image, sample.brain_mask, sample.affine,
+                     f"synthetic {sample.modality} ({sample.anatomy}, seed {seed + index})"))
+    if preview:
+        montage_png(out_dir / "preview.png", rows)
+    return written
+
+
+def make_phantom(seed: int = 0, voxel_mm: float = 1.5, shape: tuple[int, int, int] = (112, 136, 120),
+                 modality: str = "mri", anatomies: Sequence[Anatomy] | None = None) -> Sample:
+    """An upright, whole-head synthetic scan for tests and benchmarks (no external data).
+
+    Same generator as training but with no rotation, shift, cut or permutation, so the
+    head sits centred in a scanner-like grid of the requested voxel size.
+    """
+    config = config_with(shape=shape, voxel_mm=voxel_mm, max_rotation_deg=0.0, p_axis_permutation=0.0,
+                         max_shift_mm=0.0, p_fov_cut=0.0, p_thick_slices=0.0, p_ghosting=0.0)
+    generator = SyntheticHeads(anatomies or procedural_anatomies(1, seed), config)
+    return generator.sample(seed, modality)
+
+
+def config_with(**changes: object) -> SynthConfig:
+    """A default config with some fields changed (for tests and CLI options)."""
+    return dataclasses.replace(SynthConfig(), **changes)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    angles = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], control: int, amplitude: float) -> np.ndarray:
+    coarse = rng.normal(0, amplitude, (control,) * len(shape)).astype(np.float32)
+    return upsample_smooth(coarse, shape)
+
+
+def upsample_smooth(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Smoothly upsample a small random grid to ``shape`` (float32).
+
+    Cubic splines to a quarter of the size, then linear interpolation: visually the same
+    smooth field as a full cubic zoom, at a tenth of the cost for 80^3 outputs.
+    """
+    middle = [max(c, n // 4) for c, n in zip(coarse.shape, shape)]
+    smooth = ndi.zoom(coarse.astype(np.float32), [m / c for m, c in zip(middle, coarse.shape)], order=3, grid_mode=True, mode="nearest")
+    return ndi.zoom(smooth, [n / m for n, m in zip(shape, middle)], order=1, grid_mode=True, mode="nearest")
+
+
+def _crop_to_content(labels: np.ndarray, margin: int) -> np.ndarray:
+    index = np.argwhere(labels > 0)
+    low = np.maximum(index.min(axis=0) - margin, 0)
+    high = np.minimum(index.max(axis=0) + margin + 1, labels.shape)
+    return labels[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+
+
+__all__ = [
+    "MODALITIES",
+    "SynthConfig",
+    "SyntheticHeads",
+    "Sample",
+    "Anatomy",
+    "load_anatomies",
+    "procedural_anatomies",
+    "brain_masks_from_labels",
+    "signed_distance_mm",
+    "write_samples",
+    "make_phantom",
+]

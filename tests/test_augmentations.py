@@ -1,0 +1,86 @@
+"""Each deterministic augmentation step on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skullstrip import synth
+
+
+@pytest.fixture
+def volume():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0.1, 1.0, (24, 28, 20)).astype(np.float32)
+
+
+def test_zero_bias_field_is_identity(volume):
+    np.testing.assert_allclose(synth.BiasField(np.zeros((3, 3, 3)))(volume), volume, rtol=1e-6)
+
+
+def test_bias_field_is_smooth_and_positive(volume):
+    field = synth.BiasField(np.random.default_rng(1).normal(0, 0.5, (3, 3, 3)))(np.ones_like(volume))
+    assert (field > 0).all()
+    assert np.abs(np.diff(field, axis=0)).max() < 0.5
+
+
+def test_resolution_without_blur_or_slices_is_identity(volume):
+    np.testing.assert_array_equal(synth.Resolution(np.zeros(3))(volume), volume)
+
+
+def test_thick_slices_remove_detail_along_one_axis_only(volume):
+    thick = synth.Resolution(np.zeros(3), slice_axis=2, slice_factor=3.0)(volume)
+    assert thick.shape == volume.shape
+    assert np.abs(np.diff(thick, axis=2)).mean() < 0.5 * np.abs(np.diff(volume, axis=2)).mean()
+
+
+def test_noise_is_reproducible_and_rician_is_positive(volume):
+    noise = synth.Noise(std=0.1, rician=True, seed=4)
+    np.testing.assert_array_equal(noise(volume), noise(volume))
+    assert (noise(volume) >= 0).all()
+
+
+def test_gamma_one_is_identity(volume):
+    np.testing.assert_allclose(synth.Gamma(1.0)(volume), volume, atol=1e-6)
+
+
+def test_quantisation_levels(volume):
+    assert len(np.unique(synth.Quantisation(8)(volume))) <= 9
+
+
+def test_field_of_view_cut_sets_background(volume):
+    cut = synth.FieldOfViewCut(axis=1, keep_from=5, keep_to=20)(volume)
+    assert (cut[:, :5] == volume.min()).all() and (cut[:, 20:] == volume.min()).all()
+    np.testing.assert_array_equal(cut[:, 5:20], volume[:, 5:20])
+
+
+def test_ghosting_adds_shifted_copy(volume):
+    ghost = synth.Ghosting(axis=0, shift_fraction=0.5, intensity=0.1)(volume)
+    np.testing.assert_allclose(ghost, volume + 0.1 * np.roll(volume, 12, axis=0), rtol=1e-6)
+
+
+def test_epi_distortion_moves_along_one_axis_only():
+    volume = np.zeros((20, 20, 20), np.float32)
+    volume[:, 10, :] = 1.0  # a plane perpendicular to axis 1
+    distortion = synth.EpiDistortion(axis=0, displacement_vox=np.full((2, 2, 2), 3.0))
+    (moved,) = distortion([volume])
+    np.testing.assert_allclose(moved, volume, atol=1e-6)  # shifting along the plane changes nothing
+
+
+def test_dropout_attenuates_only_near_its_centre():
+    dropout = synth.Dropout(np.array([[5.0, 5.0, 5.0]]), np.array([2.0]), np.array([1.0]))
+    out = dropout(np.ones((20, 20, 20), np.float32))
+    assert out[5, 5, 5] == pytest.approx(0.0, abs=1e-6)
+    assert out[18, 18, 18] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_every_sampler_is_deterministic_given_the_generator_state():
+    config = synth.SynthConfig()
+    samplers = [
+        lambda rng: synth.sample_bias_field(rng, config).log_field,
+        lambda rng: synth.sample_resolution(rng, config, "mri").sigma_vox,
+        lambda rng: synth.sample_tissue_contrast(rng, "mri").means,
+        lambda rng: synth.sample_epi_distortion(rng, config).displacement_vox,
+    ]
+    for sampler in samplers:
+        np.testing.assert_array_equal(sampler(np.random.default_rng(3)), sampler(np.random.default_rng(3)))

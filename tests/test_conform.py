@@ -1,0 +1,65 @@
+"""Working-grid geometry, resampling and intensity normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skullstrip import conform
+
+
+@given(offset=st.floats(-2000, 2000), scale=st.floats(0.01, 5000))
+@settings(max_examples=30, deadline=None)
+def test_normalisation_ignores_units(offset, scale):
+    rng = np.random.default_rng(0)
+    image = rng.gamma(2.0, 1.0, (20, 20, 20)).astype(np.float32)
+    np.testing.assert_allclose(conform.normalize_intensity(image * scale + offset),
+                               conform.normalize_intensity(image), atol=2e-3)
+
+
+def test_normalisation_handles_nan_and_constant():
+    image = np.zeros((10, 10, 10), np.float32)
+    image[2:8, 2:8, 2:8] = 1
+    image[0, 0, 0] = np.nan
+    out = conform.normalize_intensity(image)
+    assert np.isfinite(out).all()
+    assert np.isfinite(conform.normalize_intensity(np.ones((5, 5, 5)))).all()
+
+
+def test_working_grid_is_ras_isotropic_and_covers_the_box():
+    affine = np.array([[-0.9, 0, 0, 100], [0, 0, 3.0, -50], [0, 1.1, 0, -80], [0, 0, 0, 1]])
+    grid = conform.working_grid_for((200, 40, 180), affine)
+    np.testing.assert_allclose(grid.affine[:3, :3], np.eye(3) * conform.WORKING_VOXEL_MM)
+    assert all(s % conform.GRID_MULTIPLE == 0 for s in grid.shape)
+    corners = conform.apply_affine(affine, np.array([[0, 0, 0], [199, 39, 179]], float))
+    inside = conform.apply_affine(np.linalg.inv(grid.affine), corners)
+    assert (inside >= -0.5).all() and (inside <= np.array(grid.shape) - 0.5).all()
+
+
+def test_resample_identity_and_shift():
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(12, 14, 10)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    same = conform.resample(volume, affine, volume.shape, affine, order=1)
+    np.testing.assert_allclose(same, volume, atol=1e-5)
+    shifted_affine = affine.copy()
+    shifted_affine[0, 3] = 2.0  # target voxel i sits at source voxel i + 1
+    shifted = conform.resample(volume, affine, volume.shape, shifted_affine, order=1)
+    np.testing.assert_allclose(shifted[:-1], volume[1:], atol=1e-5)
+
+
+def test_antialias_sigma_only_when_downsampling():
+    assert np.all(conform.antialias_sigma(np.diag([2.0, 2.0, 2.0, 1.0]), 2.0) == 0)
+    sigma = conform.antialias_sigma(np.diag([0.5, 1.0, 4.0, 1.0]), 2.0)
+    assert sigma[0] > sigma[1] > 0 and sigma[2] == 0
+
+
+def test_head_box_finds_the_object_in_world_space():
+    volume = np.zeros((50, 50, 50), np.float32)
+    volume[10:20, 20:40, 5:45] = 100.0
+    affine = np.diag([1.0, 2.0, 1.0, 1.0])
+    low, high = conform.head_box(volume, affine, margin_mm=0)
+    voxel = np.array([1.0, 2.0, 1.0])  # the 3-voxel smoothing may add one voxel
+    assert np.all(np.abs(low - [9.5, 39.0, 4.5]) <= voxel + 1e-6)
+    assert np.all(np.abs(high - [19.5, 79.0, 44.5]) <= voxel + 1e-6)

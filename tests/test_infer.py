@@ -1,0 +1,127 @@
+"""The inference path on phantoms: geometry, headers, 4D, border and the API."""
+
+from __future__ import annotations
+
+import itertools
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+import skullstrip
+from skullstrip.io import ImageError
+from tests.conftest import dice
+
+
+@pytest.fixture(scope="module")
+def reference_result(phantom, phantom_world_affine):
+    return skullstrip.strip((phantom.image, phantom_world_affine), border_mm=0)
+
+
+def test_mask_lands_on_the_phantom(reference_result, phantom):
+    assert reference_result.mask.shape == phantom.image.shape
+    assert dice(reference_result.mask, phantom.brain_mask) > 0.85
+
+
+@pytest.mark.parametrize("permutation,flips", [
+    (p, f) for p in itertools.permutations(range(3)) for f in itertools.product((1, -1), repeat=3)
+])
+def test_all_48_axis_orders_give_the_same_mask_in_world_space(phantom, phantom_world_affine, reference_result,
+                                                              permutation, flips):
+    ornt = np.array([[axis, flip] for axis, flip in zip(permutation, flips)], dtype=float)
+    data = apply_orientation(phantom.image, ornt)
+    # new voxel -> old voxel, so the new affine puts every voxel at the same world position
+    affine = phantom_world_affine @ inv_ornt_aff(ornt, phantom.image.shape)
+    result = skullstrip.strip((data, affine), border_mm=0)
+    back = apply_orientation(result.mask, _inverse(ornt))
+    assert dice(back, reference_result.mask) > 0.995
+
+
+def _inverse(ornt: np.ndarray) -> np.ndarray:
+    inverse = np.zeros_like(ornt)
+    for new_axis, (old_axis, flip) in enumerate(ornt):
+        inverse[int(old_axis)] = [new_axis, flip]
+    return inverse
+
+
+def test_oblique_affine_still_finds_the_brain(phantom, phantom_world_affine, reference_result):
+    angle = np.deg2rad(20)
+    rotation = np.eye(4)
+    rotation[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    result = skullstrip.strip((phantom.image, rotation @ phantom_world_affine), border_mm=0)
+    assert dice(result.mask, reference_result.mask) > 0.9
+
+
+def test_anisotropic_thick_slices(phantom, phantom_world_affine):
+    """Every third slice kept (6 mm slices) still masks the brain on that grid."""
+    data = phantom.image[:, :, ::3]
+    affine = phantom_world_affine.copy()
+    affine[:3, 2] *= 3
+    result = skullstrip.strip((data, affine), border_mm=0)
+    assert dice(result.mask, phantom.brain_mask[:, :, ::3]) > 0.8
+
+
+def test_border_grows_and_shrinks(phantom, phantom_world_affine):
+    volumes = [skullstrip.strip((phantom.image, phantom_world_affine), border_mm=b).volume_ml for b in (-2, 0, 2)]
+    assert volumes[0] < volumes[1] < volumes[2]
+    surface_ml_per_mm = (volumes[2] - volumes[0]) / 4
+    assert 30 < surface_ml_per_mm < 120  # a brain surface is ~500-900 cm^2
+
+
+def test_no_csf_mask_is_smaller(phantom, phantom_world_affine, reference_result):
+    no_csf = skullstrip.strip((phantom.image, phantom_world_affine), border_mm=0, no_csf=True)
+    assert no_csf.volume_ml < reference_result.volume_ml
+
+
+def test_headers_are_preserved(tmp_path, phantom_file):
+    skullstrip_cli(["-i", str(phantom_file), "-o", str(tmp_path / "brain.nii.gz"), "-m", str(tmp_path / "mask.nii"),
+                    "-d", str(tmp_path / "sdt.nii.gz")])
+    source = nib.load(phantom_file)
+    for name, dtype in (("brain.nii.gz", np.int16), ("mask.nii", np.uint8), ("sdt.nii.gz", np.float32)):
+        out = nib.load(tmp_path / name)
+        assert out.shape == source.shape
+        assert out.get_data_dtype() == dtype
+        np.testing.assert_allclose(out.affine, source.affine)
+        np.testing.assert_allclose(out.header.get_zooms(), source.header.get_zooms())
+        assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 1
+    brain = np.asanyarray(nib.load(tmp_path / "brain.nii.gz").dataobj)
+    mask = np.asanyarray(nib.load(tmp_path / "mask.nii").dataobj).astype(bool)
+    original = np.asanyarray(source.dataobj)
+    np.testing.assert_array_equal(brain[mask], original[mask])
+    assert (brain[~mask] == 0).all()
+    sidecar = (tmp_path / "brain.json").read_text()
+    assert "brain_volume_ml" in sidecar and "sha256" in sidecar
+
+
+def test_four_d_input_gives_one_mask_and_a_4d_stripped_image(phantom, phantom_world_affine, reference_result):
+    series = np.stack([phantom.image * s for s in (1.0, 0.9, 1.1)], axis=-1)
+    result = skullstrip.strip((series, phantom_world_affine), border_mm=0)
+    assert result.mask.shape == phantom.image.shape
+    assert result.stripped.shape == series.shape
+    assert dice(result.mask, reference_result.mask) > 0.98
+    each = skullstrip.strip((series, phantom_world_affine), border_mm=0, volumes="each")
+    assert each.mask.shape == series.shape
+
+
+def test_api_accepts_nibabel_images_and_paths(phantom_file):
+    from_path = skullstrip.strip(str(phantom_file))
+    from_image = skullstrip.strip(nib.load(phantom_file))
+    np.testing.assert_array_equal(from_path.mask, from_image.mask)
+    assert 0 <= from_path.probability.min() and from_path.probability.max() <= 1
+    assert from_path.mask_image().get_data_dtype() == np.uint8
+
+
+def test_api_rejects_bad_arrays():
+    with pytest.raises(ImageError, match="constant"):
+        skullstrip.strip((np.zeros((10, 10, 10)), np.eye(4)))
+    with pytest.raises(ImageError, match="3D"):
+        skullstrip.strip((np.ones((10, 10)), np.eye(4)))
+    with pytest.raises(TypeError, match="unknown options"):
+        skullstrip.strip((np.ones((10, 10, 10)), np.eye(4)), boarder=1)
+
+
+def skullstrip_cli(arguments: list[str]) -> None:
+    from skullstrip.cli import main
+
+    assert main(arguments) == 0

@@ -1,0 +1,112 @@
+"""The synthetic generator on procedural anatomy only (no external data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from skullstrip import synth
+from tests.conftest import dice
+
+SMALL = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0)
+
+
+@pytest.fixture(scope="module")
+def generator(procedural_anatomy):
+    return synth.SyntheticHeads([procedural_anatomy], SMALL)
+
+
+def test_same_seed_same_sample(generator):
+    first, second = generator.sample(11), generator.sample(11)
+    assert first.modality == second.modality
+    np.testing.assert_array_equal(first.image, second.image)
+    np.testing.assert_array_equal(first.sdt_brain, second.sdt_brain)
+
+
+def test_different_seeds_differ(generator):
+    assert not np.array_equal(generator.sample(1).image, generator.sample(2).image)
+
+
+@pytest.mark.parametrize("modality", synth.MODALITIES)
+def test_every_modality_is_finite_normalised_and_shaped(generator, modality):
+    for seed in range(3):
+        sample = generator.sample(seed, modality)
+        assert sample.modality == modality
+        assert sample.image.shape == SMALL.shape == sample.sdt_brain.shape == sample.sdt_nocsf.shape
+        assert sample.image.dtype == np.float32
+        assert np.isfinite(sample.image).all()
+        # normalize_intensity maps robust percentiles to [0, 1] and clips to [-0.2, 1.5]
+        assert -0.2 <= sample.image.min() and sample.image.max() <= 1.5
+        assert np.percentile(sample.image, 99) > 0.5
+        np.testing.assert_allclose(np.diag(sample.affine)[:3], SMALL.voxel_mm)
+
+
+def test_ct_anatomy_in_hounsfield_units():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        contrast = synth.sample_tissue_contrast(rng, "ct")
+        offset = 1024 if contrast.means[synth.AIR] > 0 else 0
+        assert contrast.means[synth.AIR] - offset == -1000
+        assert 700 <= contrast.means[synth.SKULL] - offset <= 1800
+        assert 20 <= contrast.means[synth.GM] - offset <= 45
+        assert 0 <= contrast.means[synth.CSF] - offset <= 15
+
+
+def test_no_csf_mask_lies_inside_brain_mask(generator):
+    for seed in range(4):
+        sample = generator.sample(seed)
+        nocsf, brain = sample.sdt_nocsf < 0, sample.sdt_brain < 0
+        assert nocsf.sum() > 0
+        assert (nocsf & ~brain).sum() <= 0.01 * nocsf.sum()
+
+
+def test_target_follows_the_deformed_labels(procedural_anatomy):
+    """The distance target and the labels moved by the same transform agree."""
+    rng = np.random.default_rng(5)
+    config = synth.config_with(shape=(56, 56, 56), voxel_mm=2.5)
+    transform = synth.sample_spatial_transform(rng, config, procedural_anatomy)
+    coordinates = transform.coordinates()
+    labels = ndi.map_coordinates(procedural_anatomy.labels, coordinates, order=0).reshape(config.shape)
+    from_labels = synth.brain_masks_from_labels(labels)[0]
+    sdt = ndi.map_coordinates(procedural_anatomy.sdt_brain.astype(np.float32), coordinates, order=1,
+                              cval=synth.SDT_CLIP_MM).reshape(config.shape)
+    assert dice(sdt < 0, from_labels) > 0.95
+
+
+def test_brain_mask_convention():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:25, 5:25, 5:25] = synth.CSF
+    labels[8:22, 8:22, 8:22] = synth.GM
+    labels[11:19, 11:19, 11:19] = synth.WM
+    labels[14:16, 14:16, 14:16] = synth.VESSEL  # enclosed vessel: part of the brain
+    labels[0:3, 0:3, 0:3] = synth.CSF  # an island of fluid (eye): not the brain
+    labels[26:29, 26:29, 26:29] = synth.VESSEL  # vessel outside: not the brain
+    brain, nocsf = synth.brain_masks_from_labels(labels)
+    assert brain[15, 15, 15] and brain[5, 5, 5]
+    assert not brain[1, 1, 1] and not brain[27, 27, 27]
+    assert brain.sum() == 20**3
+    assert nocsf.sum() == 14**3 and not nocsf[6, 6, 6]
+
+
+def test_signed_distance_sign_and_scale():
+    mask = np.zeros((41, 41, 41), bool)
+    mask[10:31, 10:31, 10:31] = True
+    sdt = synth.signed_distance_mm(mask, spacing=2.0)
+    assert sdt[20, 20, 20] < 0 and sdt[0, 20, 20] > 0
+    assert sdt[0, 20, 20] == pytest.approx(20.0)  # 10 voxels of 2 mm to the first inside voxel
+
+
+def test_procedural_head_has_all_layers(procedural_anatomy):
+    present = set(np.unique(procedural_anatomy.labels))
+    for label in (synth.AIR, synth.CSF, synth.GM, synth.WM, synth.SKULL, synth.SKIN, synth.FAT):
+        assert label in present
+    brain_ml = (procedural_anatomy.sdt_brain < 0).sum() / 1000
+    assert 900 < brain_ml < 2200
+
+
+def test_write_samples_with_preview(tmp_path):
+    written = synth.write_samples(tmp_path, n=2, seed=1, preview=True)
+    assert len(written) == 2 and all(p.exists() for p in written)
+    assert (tmp_path / "synth_000_mask.nii.gz").exists()
+    assert (tmp_path / "preview.png").stat().st_size > 10_000
