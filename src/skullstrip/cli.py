@@ -126,9 +126,70 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skullstrip eval",
+        description="Dice, HD95, ASSD and volume errors against reference masks; per-modality tables, Wilcoxon "
+                    "tests and plots.",
+        epilog="example: skullstrip eval ../shared/data/eval/manifest.csv --out results/ "
+               "--method synthstrip=masks/synthstrip",
+    )
+    parser.add_argument("manifest", help="CSV with columns case, modality, image, mask (paths relative to it)")
+    parser.add_argument("--out", required=True, help="report folder (cases.csv, summary.md, dice.png, hd95.png)")
+    parser.add_argument("--method", action="append", default=[], metavar="NAME=FOLDER",
+                        help="another tool's masks, FOLDER/CASE.nii.gz; repeatable")
+    parser.add_argument("--no-model", action="store_true", help="only score the --method folders")
+    parser.add_argument("-b", "--border", type=float, default=1.0, help="border for our model (mm)")
+    parser.add_argument("--model", help="weights file instead of the shipped model")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from skullstrip.evaluate import evaluate_manifest
+
+    methods = {}
+    for item in args.method:
+        name, _, folder = item.partition("=")
+        if not name or not folder or not Path(folder).is_dir():
+            raise UserError(f"--method {item!r}: expected NAME=FOLDER with an existing folder")
+        methods[name] = Path(folder)
+    rows = evaluate_manifest(args.manifest, args.out, methods, run_model=not args.no_model, border_mm=args.border,
+                             model_path=args.model, progress=not args.quiet)
+    if not args.quiet:
+        print(Path(args.out, "summary.md").read_text())
+    return EXIT_OK if rows else EXIT_ERROR
+
+
+def _qc_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skullstrip qc",
+                                     description="Overlay pictures and an index page for scans without masks.")
+    parser.add_argument("manifest", help="CSV with columns case, modality, image")
+    parser.add_argument("--out", required=True, help="folder for CASE.png, index.html and qc.csv")
+    parser.add_argument("-b", "--border", type=float, default=1.0)
+    parser.add_argument("--model", help="weights file instead of the shipped model")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    return parser
+
+
+def _run_qc(args: argparse.Namespace) -> int:
+    from skullstrip.evaluate import qc_manifest
+
+    rows = qc_manifest(args.manifest, args.out, border_mm=args.border, model_path=args.model,
+                       progress=not args.quiet)
+    failed = [r for r in rows if r.get("error")]
+    for row in failed:
+        print(f"skullstrip: {row['case']}: {row['error']}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "synth": (_synth_parser, _run_synth),
     "train": (_train_parser, _run_train),
+    "eval": (_eval_parser, _run_eval),
+    "qc": (_qc_parser, _run_qc),
 }
 
 

@@ -728,7 +728,8 @@ def upsample_smooth(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     smooth field as a full cubic zoom, at a tenth of the cost for 80^3 outputs.
     """
     middle = [max(c, n // 4) for c, n in zip(coarse.shape, shape)]
-    smooth = ndi.zoom(coarse.astype(np.float32), [m / c for m, c in zip(middle, coarse.shape)], order=3, grid_mode=True, mode="nearest")
+    smooth = ndi.zoom(coarse.astype(np.float32), [m / c for m, c in zip(middle, coarse.shape)], order=3,
+                      grid_mode=True, mode="nearest")
     return ndi.zoom(smooth, [n / m for n, m in zip(shape, middle)], order=1, grid_mode=True, mode="nearest")
 
 
