@@ -63,3 +63,20 @@ def test_head_box_finds_the_object_in_world_space():
     voxel = np.array([1.0, 2.0, 1.0])  # the 3-voxel smoothing may add one voxel
     assert np.all(np.abs(low - [9.5, 39.0, 4.5]) <= voxel + 1e-6)
     assert np.all(np.abs(high - [19.5, 79.0, 44.5]) <= voxel + 1e-6)
+
+
+def test_block_reduction_keeps_world_positions_and_means():
+    affine = np.diag([0.5, 1.0, 3.0, 1.0])
+    affine[:3, 3] = [10, -20, 5]
+    volume = np.arange(8 * 6 * 4, dtype=np.int16).reshape(8, 6, 4)
+    reduced, reduced_affine = conform.reduce_to_working_resolution(volume, affine, voxel_mm=2.0)
+    assert reduced.shape == (2, 3, 4) and reduced.dtype == np.float32
+    assert reduced[0, 0, 0] == volume[:4, :2, 0].mean()
+    # the centre of the first block sits between the first voxels' centres
+    np.testing.assert_allclose(conform.apply_affine(reduced_affine, np.zeros((1, 3)))[0], [10.75, -19.5, 5])
+
+
+def test_block_reduction_leaves_coarse_data_alone():
+    volume = np.ones((5, 5, 5), np.float32)
+    reduced, affine = conform.reduce_to_working_resolution(volume, np.diag([2.0, 3.0, 2.5, 1.0]))
+    assert reduced is volume and affine[1, 1] == 3.0

@@ -447,8 +447,7 @@ def real_scan_monitor(manifest: str | Path, border_mm: float = 0.0,
                        (reference[..., 0] if reference.ndim == 4 else reference) > 0.5))
 
     def monitor(network, step: int) -> dict:
-        network.eval()
-        model = Model(network, "training", "", step)
+        model = Model.from_network(network, source="training", step=step)
         dices = []
         for data, affine, reference in loaded:
             sdt = predict_distance(data, affine, model, StripOptions(border_mm=border_mm))

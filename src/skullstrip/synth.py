@@ -84,8 +84,8 @@ class Anatomy:
     """A 1 mm RAS label map with the signed distances of its two brain masks."""
 
     labels: np.ndarray  # uint8
-    sdt_brain: np.ndarray  # float16 mm, positive outside
-    sdt_nocsf: np.ndarray  # float16 mm
+    sdt_brain: np.ndarray  # float32 mm, positive outside (float32: no conversion per sample)
+    sdt_nocsf: np.ndarray  # float32 mm
     name: str
 
     @property
@@ -122,8 +122,8 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     brain, nocsf = brain_masks_from_labels(labels)
     return Anatomy(
         labels=labels.astype(np.uint8),
-        sdt_brain=np.clip(signed_distance_mm(brain), -SDT_CLIP_MM, SDT_CLIP_MM).astype(np.float16),
-        sdt_nocsf=np.clip(signed_distance_mm(nocsf), -SDT_CLIP_MM, SDT_CLIP_MM).astype(np.float16),
+        sdt_brain=np.clip(signed_distance_mm(brain), -SDT_CLIP_MM, SDT_CLIP_MM),
+        sdt_nocsf=np.clip(signed_distance_mm(nocsf), -SDT_CLIP_MM, SDT_CLIP_MM),
         name=name,
     )
 
@@ -272,13 +272,13 @@ class TissueContrast:
     stds: np.ndarray  # (N_LABELS,)
     modality: str
 
-    def __call__(self, labels_sampled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Intensities for an array of (already resampled) labels with tissue texture."""
-        image = self.means[labels_sampled].astype(np.float32)
-        image += self.stds[labels_sampled].astype(np.float32) * rng.standard_normal(
-            labels_sampled.shape, dtype=np.float32
-        )
-        return image
+    def mean_image(self, labels: np.ndarray) -> np.ndarray:
+        """Noise-free intensities of a label map (to be resampled with partial volume)."""
+        return self.means.astype(np.float32)[labels]
+
+    def texture(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Within-tissue variation for labels already on the output grid."""
+        return self.stds.astype(np.float32)[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
 
 
 def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueContrast:
@@ -591,13 +591,14 @@ class SyntheticHeads:
         transform = sample_spatial_transform(rng, config, anatomy)
         coords = transform.coordinates()
         contrast = sample_tissue_contrast(rng, modality)
-        tissue_image = contrast(anatomy.labels, rng)
         shape = config.shape
-        image = ndi.map_coordinates(tissue_image, coords, order=1, mode="constant", cval=contrast.means[AIR])
-        image = image.reshape(shape).astype(np.float32)
+        image = ndi.map_coordinates(contrast.mean_image(anatomy.labels), coords, order=1, mode="constant",
+                                    cval=contrast.means[AIR], output=np.float32).reshape(shape)
+        labels = ndi.map_coordinates(anatomy.labels, coords, order=0, mode="constant", cval=AIR).reshape(shape)
+        image += contrast.texture(labels, rng)
         to_output_mm = transform.mm_per_label_mm
         targets = [
-            ndi.map_coordinates(sdt.astype(np.float32), coords, order=1, mode="constant", cval=SDT_CLIP_MM)
+            ndi.map_coordinates(sdt, coords, order=1, mode="constant", cval=SDT_CLIP_MM, output=np.float32)
             .reshape(shape)
             .astype(np.float32)
             * np.float32(to_output_mm)

@@ -1,0 +1,53 @@
+"""Time the synthetic generator: seconds per training sample, per modality family.
+
+Usage: python bench/synth_speed.py [--labels ../shared/data/labelmaps/brainweb] [--n 10]
+Writes bench/results/synth_speed.md. Runs numpy/scipy on one core (the training worker's
+budget); the target is <= 0.3 s for a 96^3 sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skullstrip import synth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--labels", help="BrainWeb label maps (default: procedural heads)")
+    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "synth_speed.md"))
+    args = parser.parse_args()
+
+    clock = time.perf_counter()
+    anatomies = (synth.load_anatomies(synth.brainweb_paths(args.labels)[:2]) if args.labels
+                 else synth.procedural_anatomies(2))
+    load_seconds = (time.perf_counter() - clock) / len(anatomies)
+    lines = ["# Synthetic generator speed", "",
+             f"Command: `python bench/synth_speed.py {'--labels ' + args.labels if args.labels else ''} --n {args.n}`",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+             f"anatomy: {'BrainWeb' if args.labels else 'procedural'} "
+             f"(preparing one anatomy: {load_seconds:.1f} s, once per worker)", "",
+             "| sample shape | modality | mean s/sample | max s/sample |", "|---|---|---|---|"]
+    for shape in ((80, 80, 80), (96, 96, 96)):
+        generator = synth.SyntheticHeads(anatomies, synth.config_with(shape=shape))
+        generator.sample(0)  # warm caches
+        for modality in (*synth.MODALITIES, None):
+            times = []
+            for seed in range(args.n):
+                clock = time.perf_counter()
+                generator.sample(seed, modality)
+                times.append(time.perf_counter() - clock)
+            lines.append(f"| {shape[0]}³ | {modality or 'mixture'} | {np.mean(times):.3f} | {np.max(times):.3f} |")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Training: a tiny resumable run on procedural label maps, the loss, and the export."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from skullstrip import synth  # noqa: E402
+from skullstrip.infer import Model, load_model  # noqa: E402
+from skullstrip.model import ModelConfig, StripNet, count_parameters  # noqa: E402
+from skullstrip.train import TrainConfig, export_weights, loss_function, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def label_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("labels")
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        labels = synth.procedural_labels(rng, shape=(120, 140, 130))
+        nib.Nifti1Image(labels, np.eye(4)).to_filename(folder / f"head{index}_labels.nii.gz")
+    return folder
+
+
+def tiny_config(steps: int) -> TrainConfig:
+    return TrainConfig(steps=steps, validation_subjects=1, procedural_heads=0, validation_samples=2,
+                       validate_every=2, log_every=1, workers=0, threads=1, warmup_steps=2,
+                       synth={"shape": [32, 32, 32], "voxel_mm": 4.0})
+
+
+def test_parameter_budget():
+    assert count_parameters(StripNet()) <= 150_000
+
+
+def test_network_output_shape_for_odd_grids():
+    network = StripNet(ModelConfig(core_channels=4, stem_channels=2, fine_channels=2))
+    assert network(torch.zeros(1, 1, 20, 24, 28)).shape == (1, 2, 20, 24, 28)
+
+
+def test_loss_prefers_the_truth():
+    sdt = torch.linspace(-15, 15, 16**3).reshape(1, 1, 16, 16, 16).repeat(1, 2, 1, 1, 1)
+    right, _ = loss_function(sdt / 10, sdt)
+    wrong, _ = loss_function(-sdt / 10, sdt)
+    assert float(right) < 0.2 and float(wrong) > 1.0  # soft Dice of a perfect map is just below 1
+
+
+def test_run_resume_and_export(tmp_path, label_dir):
+    run = tmp_path / "run"
+    checkpoint = train(label_dir, run, tiny_config(3), progress=False)
+    assert torch.load(checkpoint, weights_only=False)["step"] == 3
+    with pytest.raises(FileExistsError):
+        train(label_dir, run, tiny_config(3), progress=False)
+    train(label_dir, run, tiny_config(5), resume=True, progress=False)
+    assert torch.load(checkpoint, weights_only=False)["step"] == 5
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [int(r["step"]) for r in rows if r["loss"]] == [1, 2, 3, 4, 5]
+    assert any(r["val_dice"] for r in rows)
+    assert (run / "curves.png").exists() and (run / "config.json").exists()
+
+    onnx_path = export_weights(checkpoint, tmp_path / "model.onnx")
+    image = np.random.default_rng(0).random((24, 28, 20)).astype(np.float32)
+    exported = load_model(onnx_path).predict(image)
+    reference = load_model(checkpoint).predict(image)
+    assert exported.shape == (2, 24, 28, 20)
+    np.testing.assert_allclose(exported, reference, atol=1e-3)
+    assert load_model(onnx_path).trained_steps == 5
+
+
+def test_same_seed_same_first_batch(label_dir):
+    from skullstrip.train import SyntheticStream, _TrainingAnatomies
+
+    config = tiny_config(1)
+    paths = sorted(label_dir.iterdir())
+    stream = SyntheticStream(_TrainingAnatomies(paths, 0, 1), config.synth_config(), seed=5, first_step=10)
+    first = next(iter(stream))["image"]
+    again = next(iter(SyntheticStream(_TrainingAnatomies(paths, 0, 1), config.synth_config(), 5, 10)))["image"]
+    torch.testing.assert_close(first, again)
+
+
+def test_model_wrapper_matches_network():
+    network = StripNet(ModelConfig(core_channels=4, stem_channels=2, fine_channels=2))
+    image = np.random.default_rng(1).random((16, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        direct = network(torch.from_numpy(image)[None, None])[0].numpy() * 10
+    np.testing.assert_allclose(Model.from_network(network).predict(image), direct, rtol=1e-5, atol=1e-5)
