@@ -29,7 +29,8 @@ from scipy import ndimage as ndi
 from skullstrip import synth
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "qc" / "cases" / "brainchop_t1" / "image.nii.gz"
+SHARED_QC = Path(__file__).resolve().parents[2] / "shared" / "data" / "qc" / "cases"
+DEFAULT_REAL = SHARED_QC / "brainchop_t1" / "image.nii.gz"
 
 
 def phantom_file(folder: Path, voxel_mm: float, shape: tuple[int, int, int], name: str) -> Path:
