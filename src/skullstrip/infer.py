@@ -56,6 +56,7 @@ class StripOptions:
     threads: int | None = None
     device: str = "cpu"
     model_path: str | None = None
+    flip_check: bool = False  # run the model again on the left-right flipped scan (QC; twice the model time)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Result:
     seconds: float
     reference: nib.spatialimages.SpatialImage
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
     @property
     def probability(self) -> np.ndarray:
@@ -178,8 +180,15 @@ def _torch_model(raw: bytes, label: str, digest: str, device: str) -> Model:
 
 
 def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, options: StripOptions,
-                     timings: dict[str, float] | None = None) -> np.ndarray:
-    """Signed distance (mm) to the cleaned, bordered brain surface on the volume's own grid."""
+                     timings: dict[str, float] | None = None,
+                     diagnostics: dict[str, float] | None = None) -> np.ndarray:
+    """Signed distance (mm) to the cleaned, bordered brain surface on the volume's own grid.
+
+    ``diagnostics`` receives QC numbers: ``uncertain_fraction`` (voxels within 1 mm of
+    the surface per brain voxel: a confident network draws a thin band) and, with
+    ``options.flip_check``, ``flip_dice`` (agreement with the prediction on the
+    left-right mirrored scan; a brain is nearly symmetric, a confused model is not).
+    """
     timings = {} if timings is None else timings
     clock = time.perf_counter()
     reduced, reduced_affine = conform.reduce_to_working_resolution(volume, affine)
@@ -195,11 +204,19 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     timings["conform"] = timings.get("conform", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    output = model.predict(working)
+    channel = 1 if options.no_csf else 0
+    distance = model.predict(working)[channel]
+    if diagnostics is not None:
+        inside = distance < options.border_mm
+        band = np.abs(distance - options.border_mm) < 1.0
+        diagnostics["uncertain_fraction"] = float(band.sum() / max(inside.sum(), 1))
+        if options.flip_check:  # working grids are RAS: axis 0 is left-right
+            mirrored = model.predict(np.ascontiguousarray(working[::-1]))[channel][::-1] < options.border_mm
+            diagnostics["flip_dice"] = float(2 * (inside & mirrored).sum() / max(inside.sum() + mirrored.sum(), 1))
     timings["model"] = timings.get("model", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cleaned = clean_distance_map(output[1 if options.no_csf else 0], options.border_mm)
+    cleaned = clean_distance_map(distance, options.border_mm)
     native = conform.resample(cleaned, grid.affine, volume.shape[:3], affine, order=1, cval=OUTSIDE_MM)
     timings["resample_back"] = timings.get("resample_back", 0) + time.perf_counter() - clock
     return native
@@ -215,6 +232,7 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
     started = time.perf_counter()
     options = _options(options, option_values)
     timings: dict[str, float] = {}
+    diagnostics: dict[str, float] = {}
     clock = time.perf_counter()
     loaded = _as_loaded(image)
     check_affine(loaded)
@@ -223,20 +241,22 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
     data, affine = loaded.data, loaded.affine
 
     if data.ndim == 4 and options.volumes == "each":
-        sdt = np.stack([predict_distance(data[..., t], affine, model, options, timings)
+        sdt = np.stack([predict_distance(data[..., t], affine, model, options, timings, diagnostics)
                         for t in range(data.shape[3])], axis=-1)
     else:
         if data.ndim == 4:
             reference = data[..., 0] if options.volumes == "first" else data.mean(axis=3, dtype=np.float32)
         else:
             reference = data
-        sdt = predict_distance(reference, affine, model, options, timings)
+        sdt = predict_distance(reference, affine, model, options, timings, diagnostics)
     mask = (sdt < 0).astype(np.uint8)
+    diagnostics["edge_fraction"] = _edge_fraction(mask if mask.ndim == 3 else mask[..., 0])
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     volume_ml = float(mask.sum() * voxel_ml / (mask.shape[3] if mask.ndim == 4 else 1))
     stripped = _apply_mask(data, mask, options.fill)
     return Result(mask=mask, stripped=stripped, sdt=sdt.astype(np.float32, copy=False), volume_ml=volume_ml,
-                  seconds=time.perf_counter() - started, reference=loaded.image, stage_seconds=timings)
+                  seconds=time.perf_counter() - started, reference=loaded.image, stage_seconds=timings,
+                  diagnostics=diagnostics)
 
 
 def strip_file(image_path: str, stripped_path: str | None = None, mask_path: str | None = None,
@@ -292,6 +312,20 @@ def _as_loaded(image: object) -> LoadedImage:
     raise TypeError("image must be a nibabel image, a path, or an (array, affine) tuple")
 
 
+def _edge_fraction(mask: np.ndarray) -> float:
+    """Fraction of mask voxels on the field-of-view faces (a brain cut by the scan's edge)."""
+    total = int(mask.sum())
+    if total == 0:
+        return 0.0
+    faces = np.zeros(mask.shape, dtype=bool)
+    for axis in range(3):
+        index = [slice(None)] * 3
+        for end in (0, -1):
+            index[axis] = end
+            faces[tuple(index)] = True
+    return float((mask.astype(bool) & faces).sum() / total)
+
+
 def _apply_mask(data: np.ndarray, mask: np.ndarray, fill: float | None) -> np.ndarray:
     if fill is None:
         fill = 0 if data.dtype.kind == "u" or float(np.nanmin(data)) >= 0 else float(np.nanmin(data))
@@ -319,8 +353,10 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
         "brain_volume_ml": round(result.volume_ml, 2),
         "seconds": round(result.seconds, 3),
         "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
+        "diagnostics": {k: round(v, 4) for k, v in result.diagnostics.items()},
         "parameters": {"border_mm": options.border_mm, "no_csf": options.no_csf, "volumes": options.volumes,
-                       "fill": options.fill, "threads": options.threads, "device": options.device},
+                       "fill": options.fill, "threads": options.threads, "device": options.device,
+                       "flip_check": options.flip_check},
     }
 
 

@@ -657,8 +657,9 @@ def write_samples(out_dir: str | Path, n: int, labels_dir: str | Path | None = N
                   real_images: Sequence[str | Path] = ()) -> list[Path]:
     """Write ``n`` samples as ``synth_XXX_image.nii.gz`` / ``_mask.nii.gz`` (+ ``preview.png``).
 
-    Without ``labels_dir`` the anatomy is procedural. ``real_images`` are shown in the
-    preview above the synthetic ones, for a side-by-side look.
+    Without ``labels_dir`` the anatomy is procedural. Without ``modality`` the samples
+    cycle through the modality families, so any preview shows each of them.
+    ``real_images`` are shown in the preview above the synthetic ones, side by side.
     """
     import nibabel as nib
 
@@ -674,7 +675,7 @@ def write_samples(out_dir: str | Path, n: int, labels_dir: str | Path | None = N
         data = np.asanyarray(image.dataobj).astype(np.float32)
         rows.append((data if data.ndim == 3 else data[..., 0], None, image.affine, f"real: {Path(real).parent.name}"))
     for index in range(n):
-        sample = generator.sample(seed + index, modality)
+        sample = generator.sample(seed + index, modality or MODALITIES[index % len(MODALITIES)])
         stem = out_dir / f"synth_{index:03d}"
         nib.save(nib.Nifti1Image(sample.image, sample.affine), f"{stem}_image.nii.gz")
         nib.save(nib.Nifti1Image(sample.brain_mask.astype(np.uint8), sample.affine), f"{stem}_mask.nii.gz")
