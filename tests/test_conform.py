@@ -80,3 +80,14 @@ def test_block_reduction_leaves_coarse_data_alone():
     volume = np.ones((5, 5, 5), np.float32)
     reduced, affine = conform.reduce_to_working_resolution(volume, np.diag([2.0, 3.0, 2.5, 1.0]))
     assert reduced is volume and affine[1, 1] == 3.0
+
+
+def test_head_mask_fills_a_head_cut_open_by_the_field_of_view():
+    grid = np.indices((40, 40, 40)) - 20
+    radius = np.sqrt((grid**2).sum(axis=0))
+    head = np.where((radius > 14) & (radius < 17), 1.0, 0.0).astype(np.float32)  # a bright shell (scalp)
+    head[radius <= 10] = 0.6  # brain, with a dark gap (skull) to the scalp
+    head[:, :, 30:] = 0  # the field of view stops above the top of the head
+    inside = conform.head_mask(head, margin_vox=0)
+    assert inside[20, 20, 20] and inside[20, 20, 28] and inside[20, 8, 20]  # centre, top (cut open), gap
+    assert not inside[0, 0, 0] and not inside[2, 20, 20]  # air around the head

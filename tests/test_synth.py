@@ -110,3 +110,10 @@ def test_write_samples_with_preview(tmp_path):
     assert len(written) == 2 and all(p.exists() for p in written)
     assert (tmp_path / "synth_000_mask.nii.gz").exists()
     assert (tmp_path / "preview.png").stat().st_size > 10_000
+
+
+def test_shape_range_draws_varied_grids(procedural_anatomy):
+    generator = synth.SyntheticHeads([procedural_anatomy], synth.config_with(shape_range=(24, 40), voxel_mm=4.0))
+    shapes = {generator.sample(seed).image.shape for seed in range(6)}
+    assert len(shapes) > 1
+    assert all(24 <= n <= 40 and n % 4 == 0 for shape in shapes for n in shape)

@@ -163,6 +163,28 @@ def head_box(
     return world.min(axis=0) - margin_mm, world.max(axis=0) + margin_mm
 
 
+def head_mask(normalised: np.ndarray, threshold: float = 0.1, margin_vox: int = 3) -> np.ndarray:
+    """Voxels inside the head (or within ``margin_vox`` of it) on a normalised volume.
+
+    A voxel is inside when, along at least two of the three axes, there is foreground
+    (smoothed intensity above ``threshold``) on both sides of it. Unlike hole filling,
+    this survives a field of view that cuts the head open (clinical slabs) and dark
+    shells (skull in MRI, dropout in EPI). The brain is inside the head, so the network's
+    distance is forced outside beyond this mask: air far from any tissue, which
+    training crops rarely show, can never become brain.
+    """
+    foreground = ndi.uniform_filter(normalised, size=3) > threshold
+    votes = np.zeros(normalised.shape, dtype=np.uint8)
+    for axis in range(3):
+        before = np.maximum.accumulate(foreground, axis=axis)
+        after = np.flip(np.maximum.accumulate(np.flip(foreground, axis=axis), axis=axis), axis=axis)
+        votes += before & after
+    inside = votes >= 2
+    if margin_vox > 0:
+        inside = ndi.binary_dilation(inside, iterations=margin_vox)
+    return inside
+
+
 def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 affine to an (N, 3) array of points."""
     return points @ affine[:3, :3].T + affine[:3, 3]

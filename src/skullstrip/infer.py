@@ -42,6 +42,7 @@ log = logging.getLogger("skullstrip")
 
 WEIGHTS_RESOURCE = "skullstrip.onnx"
 OUTSIDE_MM = 25.0  # distance given to native voxels the working grid does not cover
+OUTSIDE_HEAD_MM = 5.0  # least distance of voxels outside the head (conform.head_mask)
 SOFT_EDGE_MM = 1.0  # width of the logistic that turns distance into a probability
 
 
@@ -206,6 +207,7 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     clock = time.perf_counter()
     channel = 1 if options.no_csf else 0
     distance = model.predict(working)[channel]
+    distance = np.where(conform.head_mask(working), distance, np.maximum(distance, OUTSIDE_HEAD_MM))
     if diagnostics is not None:
         inside = distance < options.border_mm
         band = np.abs(distance - options.border_mm) < 1.0

@@ -54,6 +54,10 @@ class SynthConfig:
     """All parameters of the generator's random draws, in one place."""
 
     shape: tuple[int, int, int] = (80, 80, 80)
+    # draw each axis of the shape from [low, high] (multiples of 4) instead: the network
+    # then cannot learn where the brain sits from the crop's edges, since inference
+    # grids are whole heads of any size
+    shape_range: tuple[int, int] | None = None
     voxel_mm: float = 2.0
     modality_weights: dict[str, float] = field(
         default_factory=lambda: {"mri": 0.55, "ct": 0.12, "pet": 0.08, "epi": 0.18, "mra": 0.07}
@@ -582,6 +586,9 @@ class SyntheticHeads:
     def sample(self, seed: int, modality: str | None = None) -> Sample:
         config = self.config
         rng = np.random.default_rng(seed)
+        if config.shape_range is not None:
+            low, high = (int(v) // 4 for v in config.shape_range)
+            config = dataclasses.replace(config, shape=tuple(int(n) * 4 for n in rng.integers(low, high + 1, 3)))
         anatomy = self.anatomies[int(rng.integers(len(self.anatomies)))]
         if modality is None:
             names = list(config.modality_weights)

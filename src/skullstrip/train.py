@@ -61,8 +61,9 @@ class TrainConfig:
 
     def synth_config(self) -> synth.SynthConfig:
         values = dict(self.synth)
-        if "shape" in values:
-            values["shape"] = tuple(values["shape"])
+        for key in ("shape", "shape_range"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return synth.config_with(**values)
 
     def learning_rate_at(self, step: int) -> float:
