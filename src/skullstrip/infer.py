@@ -278,10 +278,10 @@ def strip_file(image_path: str, stripped_path: str | None = None, mask_path: str
     for kind, path in outputs.items():
         images[path] = {"stripped": result.stripped_image, "mask": result.mask_image, "sdt": result.sdt_image}[kind]()
     save_atomic(images)
+    result.stage_seconds["write"] = time.perf_counter() - clock
     if json_path:
         sidecar = _sidecar_path(next(iter(outputs.values()))) if json_path == "auto" else Path(json_path)
         _write_json(sidecar, _provenance(image_path, result, options, outputs))
-    result.stage_seconds["write"] = time.perf_counter() - clock
     log.debug("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.stage_seconds.items()))
     return result
 
