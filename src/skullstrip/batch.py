@@ -186,7 +186,6 @@ def run_job(job: Job, options: StripOptions) -> Record:
     """
     started = time.perf_counter()
     try:
-        import numpy as np
 
         from skullstrip.infer import strip_file
         from skullstrip.qc import overlay_png
@@ -198,7 +197,7 @@ def run_job(job: Job, options: StripOptions) -> Record:
         result = strip_file(str(job.image), stripped_path=str(job.stripped), mask_path=str(job.mask),
                             json_path=str(job.sidecar), options=options, overwrite=True)
         mask = result.mask if result.mask.ndim == 3 else result.mask[..., 0]
-        source = np.asanyarray(result.reference.dataobj)
+        source = result.data
         overlay_png(job.thumbnail, source if source.ndim == 3 else source[..., 0], mask, result.reference.affine,
                     title=f"{job.key}  {result.volume_ml:.0f} mL", dpi=50)
         record = Record(job.key, str(job.image), "done", result.volume_ml, time.perf_counter() - started,

@@ -385,8 +385,7 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float = 1.
     for case in tqdm(read_manifest(manifest), disable=not progress, desc="cases", unit="case"):
         try:
             result = strip(case.image, StripOptions(border_mm=border_mm, model_path=model_path))
-            data = np.asanyarray(nib.load(str(case.image)).dataobj)
-            volume = data.mean(axis=3) if data.ndim == 4 else data
+            volume = result.data.mean(axis=3) if result.data.ndim == 4 else result.data
             mask = result.mask.astype(bool) if result.mask.ndim == 3 else result.mask[..., 0].astype(bool)
             nonzero = volume != 0
             overlay_png(out_dir / f"{case.case}.png", volume, mask, result.reference.affine,

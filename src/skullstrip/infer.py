@@ -70,6 +70,8 @@ class Result:
     volume_ml: float
     seconds: float
     reference: nib.spatialimages.SpatialImage
+    data: np.ndarray  # the input as loaded (no second read for pictures or QC numbers)
+    model: dict[str, object] = field(default_factory=dict)  # provenance: source, sha256, trained_steps
     stage_seconds: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, float] = field(default_factory=dict)
 
@@ -257,7 +259,9 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
     volume_ml = float(mask.sum() * voxel_ml / (mask.shape[3] if mask.ndim == 4 else 1))
     stripped = _apply_mask(data, mask, options.fill)
     return Result(mask=mask, stripped=stripped, sdt=sdt.astype(np.float32, copy=False), volume_ml=volume_ml,
-                  seconds=time.perf_counter() - started, reference=loaded.image, stage_seconds=timings,
+                  seconds=time.perf_counter() - started, reference=loaded.image, data=data,
+                  model={"source": model.source, "sha256": model.sha256, "trained_steps": model.trained_steps},
+                  stage_seconds=timings,
                   diagnostics=diagnostics)
 
 
@@ -346,10 +350,9 @@ def _sidecar_path(output: Path) -> Path:
 
 
 def _provenance(image_path: str, result: Result, options: StripOptions, outputs: dict[str, Path]) -> dict:
-    model = load_model(options.model_path, options.device, options.threads)
     return {
         "skullstrip_version": __version__,
-        "model": {"source": model.source, "sha256": model.sha256, "trained_steps": model.trained_steps},
+        "model": result.model,
         "input": os.path.abspath(image_path),
         "outputs": {kind: str(path) for kind, path in outputs.items()},
         "brain_volume_ml": round(result.volume_ml, 2),
