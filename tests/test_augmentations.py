@@ -84,3 +84,53 @@ def test_every_sampler_is_deterministic_given_the_generator_state():
     ]
     for sampler in samplers:
         np.testing.assert_array_equal(sampler(np.random.default_rng(3)), sampler(np.random.default_rng(3)))
+
+
+def test_defacing_blanks_the_face_side_of_the_plane_but_never_the_brain(volume):
+    coords = np.indices(volume.shape, dtype=np.float32).reshape(3, -1)
+    sdt = np.full(volume.shape, 10.0, dtype=np.float32)
+    sdt[:, 20:, :] = -1.0  # a "brain" slab beyond the plane must survive
+    deface = synth.Defacing(normal=np.array([0.0, 1.0, 0.0]), point=np.array([0.0, 14.0, 0.0]), margin_mm=2.0)
+    out = deface(volume, coords, sdt)
+    assert (out[:, 15:20] == volume.min()).all()
+    np.testing.assert_array_equal(out[:, :15], volume[:, :15])
+    np.testing.assert_array_equal(out[:, 20:], volume[:, 20:])
+
+
+def test_sampled_defacing_plane_points_anterior_inferior():
+    anatomy = synth.procedural_anatomies(1, seed=0)[0]
+    deface = synth.sample_defacing(np.random.default_rng(3), anatomy)
+    assert deface.normal[1] > 0.3 and deface.normal[2] < -0.3
+    assert np.isclose(np.linalg.norm(deface.normal), 1.0)
+
+
+def test_trilinear_sampler_equals_scipy_map_coordinates():
+    """The shared-weight sampler is map_coordinates(order=1, mode="constant"), edges included."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, synth.N_LABELS, (14, 17, 11)).astype(np.uint8)
+    table = rng.uniform(0, 1, synth.N_LABELS).astype(np.float32)
+    distances = rng.normal(0, 5, (14, 17, 11, 2)).astype(np.float32)
+    coords = rng.uniform(-2, [16, 19, 13], (500, 3)).T.astype(np.float32)
+    coords[:, :3] = [[13, 0, 6.5], [16, 0, 8], [10, 0, 0]]  # the last voxel, the first, an edge face
+    sampler = synth.TrilinearSampler(coords, labels.shape)
+
+    def scipy(volume, cval, order=1):
+        return ndi.map_coordinates(volume, coords, order=order, mode="constant", cval=cval)
+
+    np.testing.assert_allclose(sampler.labels_to_values(labels, table, 0.5), scipy(table[labels], 0.5), atol=1e-5)
+    np.testing.assert_array_equal(sampler.nearest(labels, 0), scipy(labels, 0, order=0))
+    brain, nocsf = sampler.value_pairs(distances, 25.0)
+    np.testing.assert_allclose(brain, scipy(distances[..., 0], 25.0), atol=1e-4)
+    np.testing.assert_allclose(nocsf, scipy(distances[..., 1], 25.0), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(28, 36, 20), (30, 31, 17), (7, 40, 5)])
+def test_resize_linear_equals_scipy_zoom(shape):
+    from scipy import ndimage as ndi
+
+    coarse = np.random.default_rng(0).normal(size=(7, 9, 5)).astype(np.float32)
+    zoom = [n / m for n, m in zip(shape, coarse.shape)]
+    expected = ndi.zoom(coarse, zoom, order=1, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(synth.resize_linear(coarse, shape), expected, atol=1e-5)

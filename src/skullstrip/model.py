@@ -44,6 +44,7 @@ class ModelConfig:
     core_channels: int = 22
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 8, 4, 2, 1)
     fine_channels: int = 12
+    fine_layers: int = 2
     outputs: int = 2
     norm: str = "none"  # "none" or "instance"
 
@@ -71,7 +72,7 @@ class StripNet(nn.Module):
         )
         self.fine = nn.Sequential(
             nn.Conv3d(c.core_channels + c.stem_channels, c.fine_channels, 3, padding=1),
-            nn.Conv3d(c.fine_channels, c.fine_channels, 3, padding=1),
+            *(nn.Conv3d(c.fine_channels, c.fine_channels, 3, padding=1) for _ in range(c.fine_layers - 1)),
         )
         self.head = nn.Conv3d(c.fine_channels, c.outputs, 1)
         if c.norm not in ("none", "instance"):
@@ -102,7 +103,8 @@ def flops_per_voxel(config: ModelConfig) -> float:
     """Multiply-adds x2 per *2 mm working voxel* (the core runs on 1/8 as many)."""
     c = config
     k = 27
-    fine = k * (1 * c.stem_channels + (c.core_channels + c.stem_channels) * c.fine_channels + c.fine_channels**2)
+    fine = k * (1 * c.stem_channels + (c.core_channels + c.stem_channels) * c.fine_channels
+                + (c.fine_layers - 1) * c.fine_channels**2)
     fine += c.fine_channels * c.outputs
     coarse = k * (c.stem_channels * c.core_channels + len(c.dilations) * c.core_channels**2) / 8
     return 2.0 * (fine + coarse)

@@ -73,6 +73,7 @@ class SynthConfig:
     thick_slice_mm: tuple[float, float] = (3.0, 6.5)
     p_blur: float = 0.5
     p_fov_cut: float = 0.3
+    p_deface: float = 0.25  # research and clinical data are often defaced
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -88,9 +89,18 @@ class Anatomy:
     """A 1 mm RAS label map with the signed distances of its two brain masks."""
 
     labels: np.ndarray  # uint8
-    sdt_brain: np.ndarray  # float32 mm, positive outside (float32: no conversion per sample)
-    sdt_nocsf: np.ndarray  # float32 mm
+    # float32 mm, positive outside, (X, Y, Z, 2): brain+CSF then no-CSF, interleaved so
+    # one gather per corner fetches both targets
+    sdts: np.ndarray
     name: str
+
+    @property
+    def sdt_brain(self) -> np.ndarray:
+        return self.sdts[..., 0]
+
+    @property
+    def sdt_nocsf(self) -> np.ndarray:
+        return self.sdts[..., 1]
 
     @property
     def brain_centre_vox(self) -> np.ndarray:
@@ -126,8 +136,8 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     brain, nocsf = brain_masks_from_labels(labels)
     return Anatomy(
         labels=labels.astype(np.uint8),
-        sdt_brain=np.clip(signed_distance_mm(brain), -SDT_CLIP_MM, SDT_CLIP_MM),
-        sdt_nocsf=np.clip(signed_distance_mm(nocsf), -SDT_CLIP_MM, SDT_CLIP_MM),
+        sdts=np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
+                     -SDT_CLIP_MM, SDT_CLIP_MM),
         name=name,
     )
 
@@ -240,6 +250,69 @@ class SpatialTransform:
         return self.output_voxel_mm / abs(np.linalg.det(self.matrix)) ** (1 / 3)
 
 
+class TrilinearSampler:
+    """Trilinear interpolation of several volumes at the same points, weights computed once.
+
+    Equivalent to ``ndi.map_coordinates(volume, coords, order=1, mode="constant")`` (points
+    outside the volume get ``outside``) for each volume, but the eight corner indices and
+    weights are shared: the image (from uint8 labels and a per-label table), the nearest
+    label and both distance maps cost one weight computation instead of four.
+    """
+
+    def __init__(self, coords: np.ndarray, shape: Sequence[int]) -> None:
+        coords = coords.astype(np.float32, copy=False)
+        limit = (np.asarray(shape, dtype=np.float32) - 1)[:, None]  # float32: no float64 temporaries
+        self.inside = ((coords >= 0) & (coords <= limit)).all(axis=0)
+        # corner 0 at floor(x), clipped so corner 1 exists; x = n - 1 then has weight 1 on it
+        floor = np.clip(np.floor(coords), 0, np.maximum(limit - 1, 0))
+        fraction = np.clip(coords - floor, 0, 1)
+        base = floor.astype(np.int32)
+        strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int32)
+        origin = base[0] * strides[0] + base[1] * strides[1] + base[2]
+        origin[~self.inside] = 0  # outside points read voxel 0, then get the outside value
+        self.corners, self.weights = [], []
+        pairs = [(1 - fraction[axis], fraction[axis]) for axis in range(3)]
+        for i in (0, 1):
+            for j in (0, 1):
+                weight_xy = pairs[0][i] * pairs[1][j]
+                for k in (0, 1):
+                    self.weights.append(weight_xy * pairs[2][k])
+                    self.corners.append(origin + np.int32(i * strides[0] + j * strides[1] + k))
+        nearest = np.clip(np.floor(coords + 0.5), 0, limit).astype(np.int32)
+        self.nearest_index = nearest[0] * strides[0] + nearest[1] * strides[1] + nearest[2]
+        self.nearest_index[~self.inside] = 0
+
+    def value_pairs(self, volume: np.ndarray, outside: float) -> tuple[np.ndarray, np.ndarray]:
+        """Interpolated values of a float32 (X, Y, Z, 2) volume: two (N,) arrays.
+
+        The pairs are read as complex64 numbers, so each corner is one 1D gather.
+        """
+        packed = self._blend(np.ascontiguousarray(volume).view(np.complex64).ravel(), outside * (1 + 1j),
+                             np.complex64)
+        return packed.real.copy(), packed.imag.copy()
+
+    def labels_to_values(self, labels: np.ndarray, table: np.ndarray, outside: float) -> np.ndarray:
+        """Interpolated ``table[labels]`` without building the full-size intensity volume."""
+        flat = labels.ravel()
+        result = np.zeros(len(self.inside), dtype=np.float32)
+        for corner, weight in zip(self.corners, self.weights):
+            result += weight * table[flat[corner]]
+        result[~self.inside] = outside
+        return result
+
+    def nearest(self, volume: np.ndarray, outside: int) -> np.ndarray:
+        result = volume.ravel()[self.nearest_index]
+        result[~self.inside] = outside
+        return result
+
+    def _blend(self, flat: np.ndarray, outside: complex, dtype: type) -> np.ndarray:
+        result = np.zeros(len(self.inside), dtype=dtype)
+        for corner, weight in zip(self.corners, self.weights):
+            result += weight * flat[corner]
+        result[~self.inside] = outside
+        return result
+
+
 def sample_spatial_transform(
     rng: np.random.Generator, config: SynthConfig, anatomy: Anatomy
 ) -> SpatialTransform:
@@ -275,10 +348,6 @@ class TissueContrast:
     means: np.ndarray  # (N_LABELS,)
     stds: np.ndarray  # (N_LABELS,)
     modality: str
-
-    def mean_image(self, labels: np.ndarray) -> np.ndarray:
-        """Noise-free intensities of a label map (to be resampled with partial volume)."""
-        return self.means.astype(np.float32)[labels]
 
     def texture(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Within-tissue variation for labels already on the output grid."""
@@ -552,6 +621,34 @@ def sample_fov_cut(rng: np.random.Generator, shape: tuple[int, int, int]) -> Fie
     return FieldOfViewCut(axis, start, start + keep)
 
 
+@dataclass(frozen=True)
+class Defacing:
+    """Face removal as defacing tools do it: voxels past an oblique plane become background.
+
+    The plane is given in label-map voxels (1 mm RAS): ``normal`` points anterior-inferior
+    and ``point`` lies on it. Voxels within ``margin_mm`` of the brain are always kept,
+    as defacing tools guarantee; everything in front of the plane gets the image minimum.
+    """
+
+    normal: np.ndarray  # (3,) unit vector in label-map space
+    point: np.ndarray  # (3,) label-map voxel on the plane
+    margin_mm: float
+
+    def __call__(self, image: np.ndarray, label_coords: np.ndarray, sdt_brain_mm: np.ndarray) -> np.ndarray:
+        ahead = (self.normal.astype(np.float32) @ (label_coords - self.point.astype(np.float32)[:, None])) > 0
+        face = ahead.reshape(image.shape) & (sdt_brain_mm > self.margin_mm)
+        return np.where(face, image.min(), image).astype(np.float32)
+
+
+def sample_defacing(rng: np.random.Generator, anatomy: Anatomy) -> Defacing:
+    """A plane tilted 25-65 degrees from coronal, 35-65 mm in front of the brain centre."""
+    tilt = np.deg2rad(rng.uniform(25, 65))
+    normal = np.array([rng.normal(0, 0.05), np.cos(tilt), -np.sin(tilt)])
+    normal /= np.linalg.norm(normal)
+    point = anatomy.brain_centre_vox + normal * rng.uniform(35, 65)
+    return Defacing(normal=normal, point=point, margin_mm=float(rng.uniform(1, 6)))
+
+
 # ------------------------------------------------------------------------- the sample
 
 
@@ -599,18 +696,14 @@ class SyntheticHeads:
         coords = transform.coordinates()
         contrast = sample_tissue_contrast(rng, modality)
         shape = config.shape
-        image = ndi.map_coordinates(contrast.mean_image(anatomy.labels), coords, order=1, mode="constant",
-                                    cval=contrast.means[AIR], output=np.float32).reshape(shape)
-        labels = ndi.map_coordinates(anatomy.labels, coords, order=0, mode="constant", cval=AIR).reshape(shape)
+        sampler = TrilinearSampler(coords, anatomy.labels.shape)
+        # partial volume: the image is interpolated from the 1 mm tissue intensities
+        image = sampler.labels_to_values(anatomy.labels, contrast.means.astype(np.float32),
+                                         outside=contrast.means[AIR]).reshape(shape)
+        labels = sampler.nearest(anatomy.labels, outside=AIR).reshape(shape)
         image += contrast.texture(labels, rng)
-        to_output_mm = transform.mm_per_label_mm
-        targets = [
-            ndi.map_coordinates(sdt, coords, order=1, mode="constant", cval=SDT_CLIP_MM, output=np.float32)
-            .reshape(shape)
-            .astype(np.float32)
-            * np.float32(to_output_mm)
-            for sdt in (anatomy.sdt_brain, anatomy.sdt_nocsf)
-        ]
+        to_output_mm = np.float32(transform.mm_per_label_mm)
+        targets = [d.reshape(shape) * to_output_mm for d in sampler.value_pairs(anatomy.sdts, outside=SDT_CLIP_MM)]
 
         if modality == "epi":
             image, *targets = sample_epi_distortion(rng, config)([image, *targets])
@@ -628,6 +721,8 @@ class SyntheticHeads:
             image = Gamma(float(np.exp(rng.normal(0, config.gamma_log_std))))(image)
         if rng.random() < config.p_quantise:
             image = Quantisation(int(rng.choice([64, 256, 4096])))(image)
+        if rng.random() < config.p_deface:
+            image = sample_defacing(rng, anatomy)(image, coords, targets[0])
         if rng.random() < config.p_fov_cut:
             image = sample_fov_cut(rng, shape)(image)
         affine = np.eye(4)
@@ -702,7 +797,7 @@ def make_phantom(seed: int = 0, voxel_mm: float = 1.5, shape: tuple[int, int, in
     head sits centred in a scanner-like grid of the requested voxel size.
     """
     config = config_with(shape=shape, voxel_mm=voxel_mm, max_rotation_deg=0.0, p_axis_permutation=0.0,
-                         max_shift_mm=0.0, p_fov_cut=0.0, p_thick_slices=0.0, p_ghosting=0.0)
+                         max_shift_mm=0.0, p_fov_cut=0.0, p_thick_slices=0.0, p_ghosting=0.0, p_deface=0.0)
     generator = SyntheticHeads(anatomies or procedural_anatomies(1, seed), config)
     return generator.sample(seed, modality)
 
@@ -733,13 +828,33 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], control: int
 def upsample_smooth(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Smoothly upsample a small random grid to ``shape`` (float32).
 
-    Cubic splines to a quarter of the size, then linear interpolation: visually the same
-    smooth field as a full cubic zoom, at a tenth of the cost for 80^3 outputs.
+    Cubic splines to a quarter of the size, then separable linear interpolation: visually
+    the same smooth field as a full cubic zoom, at a small fraction of the cost.
     """
     middle = [max(c, n // 4) for c, n in zip(coarse.shape, shape)]
     smooth = ndi.zoom(coarse.astype(np.float32), [m / c for m, c in zip(middle, coarse.shape)], order=3,
                       grid_mode=True, mode="nearest")
-    return ndi.zoom(smooth, [n / m for n, m in zip(shape, middle)], order=1, grid_mode=True, mode="nearest")
+    return resize_linear(smooth, shape)
+
+
+def resize_linear(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linear resize, one axis at a time, with voxel-edge alignment.
+
+    Same values as ``ndi.zoom(volume, zoom, order=1, grid_mode=True, mode="nearest")``
+    (output voxel centres mapped through the voxel edges, edge values repeated), but
+    each pass is two gathers and a blend, several times faster on 3D fields.
+    """
+    result = volume.astype(np.float32, copy=False)
+    for axis, n_out in enumerate(shape):
+        n_in = result.shape[axis]
+        if n_in == n_out:
+            continue
+        position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        low = np.floor(position).astype(np.intp)
+        high = np.minimum(low + 1, n_in - 1)
+        weight = (position - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(result.ndim)])
+        result = np.take(result, low, axis=axis) * (1 - weight) + np.take(result, high, axis=axis) * weight
+    return result
 
 
 def _crop_to_content(labels: np.ndarray, margin: int) -> np.ndarray:
