@@ -126,3 +126,14 @@ def skullstrip_cli(arguments: list[str]) -> None:
     from skullstrip.cli import main
 
     assert main(arguments) == 0
+
+
+def test_mirror_average_makes_the_mask_left_right_equivariant(phantom, phantom_world_affine):
+    """With mirror averaging, stripping a mirrored head gives the mirrored mask."""
+    mirrored_image = np.ascontiguousarray(phantom.image[::-1])
+    options = {"border_mm": 0, "mirror_average": True, "flip_check": True}
+    result = skullstrip.strip((phantom.image, phantom_world_affine), **options)
+    of_mirror = skullstrip.strip((mirrored_image, phantom_world_affine), **options)
+    assert dice(of_mirror.mask[::-1], result.mask) > 0.995
+    assert dice(result.mask, phantom.brain_mask) > 0.85
+    assert 0 < result.diagnostics["flip_dice"] <= 1

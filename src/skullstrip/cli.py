@@ -50,6 +50,8 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-csf", action="store_true", help="exclude the CSF around the brain from the mask")
     parser.add_argument("--volumes", choices=("mean", "first", "each"), default="mean",
                         help="4D input: one mask from the mean or first volume (default mean), or one per volume")
+    parser.add_argument("--mirror-average", action="store_true",
+                        help="average with the prediction on the left-right mirrored scan (twice the model time)")
     parser.add_argument("--fill", type=float, default=None,
                         help="value of non-brain voxels in the stripped image (default: the image minimum, "
                              "0 for unsigned data)")
@@ -71,7 +73,8 @@ def _run_strip(args: argparse.Namespace) -> int:
     if not (args.out or args.mask or args.sdt):
         raise UserError("nothing to write: give at least one of -o/--out, -m/--mask, -d/--sdt")
     options = StripOptions(border_mm=args.border, no_csf=args.no_csf, volumes=args.volumes, fill=args.fill,
-                           threads=args.threads, device=args.device, model_path=args.model)
+                           threads=args.threads, device=args.device, model_path=args.model,
+                           mirror_average=args.mirror_average)
     result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
                         json_path=None if args.no_json else (args.json or "auto"), options=options,
                         overwrite=args.force)
@@ -206,6 +209,8 @@ def _batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-csf", action="store_true")
     parser.add_argument("--no-flip-check", action="store_true",
                         help="skip the mirrored-input QC prediction (halves model time)")
+    parser.add_argument("--mirror-average", action="store_true",
+                        help="average with the mirrored-scan prediction (free when the flip check runs)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="threads per worker (default cores/jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -233,7 +238,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         jobs = batch.plan_flat(images, out)
         report = out / "qc" / "index.html"
     options = StripOptions(border_mm=args.border, no_csf=args.no_csf, threads=args.threads,
-                           flip_check=not args.no_flip_check)
+                           flip_check=not args.no_flip_check, mirror_average=args.mirror_average)
     records = batch.run_batch(jobs, options, n_jobs=args.jobs, dask_scheduler=args.dask_scheduler,
                               overwrite=args.overwrite, progress=not args.quiet)
     batch.write_report(records, report)

@@ -58,6 +58,9 @@ class StripOptions:
     device: str = "cpu"
     model_path: str | None = None
     flip_check: bool = False  # run the model again on the left-right flipped scan (QC; twice the model time)
+    # average the distances of the scan and its left-right mirror (test-time augmentation;
+    # twice the model time): the mask no longer depends on which hemisphere is on the left
+    mirror_average: bool = False
 
 
 @dataclass
@@ -191,6 +194,7 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     the surface per brain voxel: a confident network draws a thin band) and, with
     ``options.flip_check``, ``flip_dice`` (agreement with the prediction on the
     left-right mirrored scan; a brain is nearly symmetric, a confused model is not).
+    ``options.mirror_average`` averages the two predictions (test-time augmentation).
     """
     timings = {} if timings is None else timings
     clock = time.perf_counter()
@@ -209,14 +213,19 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     clock = time.perf_counter()
     channel = 1 if options.no_csf else 0
     distance = model.predict(working)[channel]
+    if options.flip_check or options.mirror_average:  # working grids are RAS: axis 0 is left-right
+        mirrored = model.predict(np.ascontiguousarray(working[::-1]))[channel][::-1]
+        if options.flip_check and diagnostics is not None:
+            inside, inside_mirrored = distance < options.border_mm, mirrored < options.border_mm
+            diagnostics["flip_dice"] = float(2 * (inside & inside_mirrored).sum()
+                                             / max(inside.sum() + inside_mirrored.sum(), 1))
+        if options.mirror_average:
+            distance = 0.5 * (distance + mirrored)
     distance = np.where(conform.head_mask(working), distance, np.maximum(distance, OUTSIDE_HEAD_MM))
     if diagnostics is not None:
         inside = distance < options.border_mm
         band = np.abs(distance - options.border_mm) < 1.0
         diagnostics["uncertain_fraction"] = float(band.sum() / max(inside.sum(), 1))
-        if options.flip_check:  # working grids are RAS: axis 0 is left-right
-            mirrored = model.predict(np.ascontiguousarray(working[::-1]))[channel][::-1] < options.border_mm
-            diagnostics["flip_dice"] = float(2 * (inside & mirrored).sum() / max(inside.sum() + mirrored.sum(), 1))
     timings["model"] = timings.get("model", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -361,7 +370,7 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
         "diagnostics": {k: round(v, 4) for k, v in result.diagnostics.items()},
         "parameters": {"border_mm": options.border_mm, "no_csf": options.no_csf, "volumes": options.volumes,
                        "fill": options.fill, "threads": options.threads, "device": options.device,
-                       "flip_check": options.flip_check},
+                       "flip_check": options.flip_check, "mirror_average": options.mirror_average},
     }
 
 
