@@ -117,3 +117,25 @@ def test_shape_range_draws_varied_grids(procedural_anatomy):
     shapes = {generator.sample(seed).image.shape for seed in range(6)}
     assert len(shapes) > 1
     assert all(24 <= n <= 40 and n % 4 == 0 for shape in shapes for n in shape)
+
+
+def test_cut_below_brainstem_removes_the_cord_but_keeps_the_brain():
+    mask = np.zeros((60, 60, 80), bool)
+    zz, yy, xx = np.meshgrid(np.arange(80), np.arange(60), np.arange(60), indexing="ij")
+    mask |= ((xx - 30) ** 2 + (yy - 30) ** 2 + (zz - 50) ** 2 <= 25**2).transpose(2, 1, 0)  # brain, 25 mm
+    mask[28:33, 28:33, :30] = True  # a cord running to the bottom slice
+    cut = synth.cut_below_brainstem(mask)
+    assert not cut[:, :, :20].any()
+    np.testing.assert_array_equal(cut[:, :, 30:], mask[:, :, 30:])
+
+
+def test_add_neck_extends_the_head_downwards_without_brain(procedural_anatomy):
+    labels = procedural_anatomy.labels[:, :, 40:]  # a head cut at the skull base, brain in its last slice
+    assert np.isin(labels[:, :, 0], (synth.CSF, synth.GM, synth.WM)).any()
+    with_neck = synth.add_neck(labels, length_mm=30)
+    assert with_neck.shape == labels.shape[:2] + (labels.shape[2] + 30,)
+    np.testing.assert_array_equal(with_neck[:, :, 30:], labels)
+    neck = with_neck[:, :, :30]
+    assert np.isin(neck, (synth.SKULL, synth.MUSCLE, synth.SKIN)).any()
+    anatomy = synth.anatomy_from_labels(with_neck, "necked")
+    assert not (anatomy.sdt_brain[:, :, :20] < 0).any()  # the cord is not brain

@@ -132,8 +132,68 @@ def signed_distance_mm(mask: np.ndarray, spacing: float | Sequence[float] = 1.0)
     return (outside - inside).astype(np.float32)
 
 
+def cut_below_brainstem(mask: np.ndarray, min_area_mm2: float = 1000.0, keep_mm: int = 4) -> np.ndarray:
+    """Drop the spinal cord: mask voxels more than ``keep_mm`` below the lowest axial slice
+    whose cross-section reaches ``min_area_mm2`` (the bottom of the cerebellum).
+
+    Reference masks (SPM, ROBEX, MindGrab's, SynthStrip's aseg-based ones) stop at the
+    medulla; label maps that label the cord as brain tissue down to their last slice
+    would teach the network to follow the spinal canal into the neck. 1 mm RAS voxels.
+    """
+    area = mask.sum(axis=(0, 1))
+    large = np.flatnonzero(area >= min_area_mm2)
+    if len(large) == 0:
+        return mask
+    cut = mask.copy()
+    cut[:, :, : max(large[0] - keep_mm, 0)] = False
+    return largest_component(cut)
+
+
+def add_neck(labels: np.ndarray, length_mm: int = 60) -> np.ndarray:
+    """Extend a label map that ends at the skull base with a simple neck below it.
+
+    BrainWeb heads stop about a centimetre below the cerebellum, so a network trained on
+    them alone has never seen a neck and lets the mask run down the spinal canal of
+    head-and-neck scans. Below the last slice this adds, per 1 mm slice: the last
+    slice's outline shrinking by up to a quarter towards its centre (skin, fat, muscle),
+    a spinal cord (white matter) in CSF inside a vertebral ring and body (bone, marrow)
+    under the medulla, and an airway in front. 1 mm RAS label maps only.
+    """
+    bottom = labels[:, :, 0]
+    head = ndi.binary_fill_holes(bottom > AIR)
+    cord_voxels = np.argwhere(np.isin(bottom, (CSF, GM, WM)))
+    if not head.any() or len(cord_voxels) == 0:
+        return labels
+    centre = np.argwhere(head).mean(axis=0)
+    cord = cord_voxels.mean(axis=0)
+    x, y = np.indices(bottom.shape, dtype=np.float32)
+    slices = []
+    for depth in range(length_mm, 0, -1):  # from the lowest new slice up to the old bottom
+        shrink = 1 - 0.25 * min(depth / 30, 1)
+        source = (centre[:, None, None] + (np.stack([x, y]) - centre[:, None, None]) / shrink).round().astype(int)
+        inside = (source >= 0).all(axis=0) & (source[0] < bottom.shape[0]) & (source[1] < bottom.shape[1])
+        outline = np.zeros(bottom.shape, bool)
+        outline[inside] = head[source[0][inside], source[1][inside]]
+        neck = np.full(bottom.shape, AIR, np.uint8)
+        neck[outline] = SKIN
+        neck[ndi.binary_erosion(outline, iterations=2)] = FAT
+        neck[ndi.binary_erosion(outline, iterations=5)] = MUSCLE
+        radius = np.hypot(x - cord[0], y - cord[1])
+        body = np.hypot(x - cord[0], y - cord[1] - 17)  # vertebral body in front of the canal (+y is anterior)
+        neck[(radius < 14) | (body < 10)] = SKULL
+        neck[body < 7] = MARROW
+        neck[radius < 7.5] = CSF
+        neck[radius < 4.5] = WM
+        neck[np.hypot(x - cord[0], y - cord[1] - 38) < 7] = AIR  # airway
+        neck[~outline] = AIR
+        slices.append(neck)
+    return np.concatenate([np.stack(slices, axis=-1), labels], axis=2)
+
+
 def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     brain, nocsf = brain_masks_from_labels(labels)
+    brain = cut_below_brainstem(brain)
+    nocsf = nocsf & brain
     return Anatomy(
         labels=labels.astype(np.uint8),
         sdts=np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
@@ -744,8 +804,8 @@ class SyntheticHeads:
 
 
 def load_anatomies(paths: Sequence[str | Path]) -> list[Anatomy]:
-    """Label maps from files, with their brain distance maps (about 2 s each)."""
-    return [anatomy_from_labels(load_label_map(p), Path(p).name.split(".")[0]) for p in paths]
+    """Label maps from files (given a neck), with their brain distance maps (about 2 s each)."""
+    return [anatomy_from_labels(add_neck(load_label_map(p)), Path(p).name.split(".")[0]) for p in paths]
 
 
 def procedural_anatomies(n: int, seed: int = 0) -> list[Anatomy]:
