@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from skullstrip import synth  # noqa: E402
 from skullstrip.infer import Model, load_model  # noqa: E402
-from skullstrip.model import ModelConfig, StripNet, count_parameters  # noqa: E402
+from skullstrip.model import ModelConfig, StripNet, count_parameters, flops_per_voxel  # noqa: E402
 from skullstrip.train import TrainConfig, export_weights, loss_function, train  # noqa: E402
 
 
@@ -34,6 +34,13 @@ def tiny_config(steps: int) -> TrainConfig:
 
 def test_parameter_budget():
     assert count_parameters(StripNet()) <= 150_000
+
+
+def test_fine_layers_setting_adds_2mm_convolutions():
+    base, deeper = ModelConfig(), ModelConfig(fine_layers=3)
+    added = count_parameters(StripNet(deeper)) - count_parameters(StripNet(base))
+    assert added == base.fine_channels**2 * 27 + base.fine_channels
+    assert flops_per_voxel(deeper) - flops_per_voxel(base) == 2 * 27 * base.fine_channels**2
 
 
 def test_network_output_shape_for_odd_grids():
