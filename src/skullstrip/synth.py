@@ -167,6 +167,16 @@ def add_neck(labels: np.ndarray, length_mm: int = 60) -> np.ndarray:
     centre = np.argwhere(head).mean(axis=0)
     cord = cord_voxels.mean(axis=0)
     x, y = np.indices(bottom.shape, dtype=np.float32)
+    # the spine and airway are the same on every slice: draw them once
+    spine = np.full(bottom.shape, AIR, np.uint8)
+    radius = np.hypot(x - cord[0], y - cord[1])
+    body = np.hypot(x - cord[0], y - cord[1] - 17)  # vertebral body in front of the canal (+y is anterior)
+    spine[(radius < 14) | (body < 10)] = SKULL
+    spine[body < 7] = MARROW
+    spine[radius < 7.5] = CSF
+    spine[radius < 4.5] = WM
+    airway = np.hypot(x - cord[0], y - cord[1] - 38) < 7
+    drawn = spine != AIR
     slices = []
     for depth in range(length_mm, 0, -1):  # from the lowest new slice up to the old bottom
         shrink = 1 - 0.25 * min(depth / 30, 1)
@@ -178,14 +188,8 @@ def add_neck(labels: np.ndarray, length_mm: int = 60) -> np.ndarray:
         neck[outline] = SKIN
         neck[ndi.binary_erosion(outline, iterations=2)] = FAT
         neck[ndi.binary_erosion(outline, iterations=5)] = MUSCLE
-        radius = np.hypot(x - cord[0], y - cord[1])
-        body = np.hypot(x - cord[0], y - cord[1] - 17)  # vertebral body in front of the canal (+y is anterior)
-        neck[(radius < 14) | (body < 10)] = SKULL
-        neck[body < 7] = MARROW
-        neck[radius < 7.5] = CSF
-        neck[radius < 4.5] = WM
-        neck[np.hypot(x - cord[0], y - cord[1] - 38) < 7] = AIR  # airway
-        neck[~outline] = AIR
+        neck[drawn] = spine[drawn]
+        neck[airway | ~outline] = AIR
         slices.append(neck)
     return np.concatenate([np.stack(slices, axis=-1), labels], axis=2)
 
@@ -349,7 +353,7 @@ class TrilinearSampler:
         """
         packed = self._blend(np.ascontiguousarray(volume).view(np.complex64).ravel(), outside * (1 + 1j),
                              np.complex64)
-        return packed.real.copy(), packed.imag.copy()
+        return packed.real, packed.imag  # strided views: callers scale them into new arrays
 
     def labels_to_values(self, labels: np.ndarray, table: np.ndarray, outside: float) -> np.ndarray:
         """Interpolated ``table[labels]`` without building the full-size intensity volume."""
