@@ -353,7 +353,7 @@ class TrilinearSampler:
         """
         packed = self._blend(np.ascontiguousarray(volume).view(np.complex64).ravel(), outside * (1 + 1j),
                              np.complex64)
-        return packed.real, packed.imag  # strided views: callers scale them into new arrays
+        return packed.real.copy(), packed.imag.copy()
 
     def labels_to_values(self, labels: np.ndarray, table: np.ndarray, outside: float) -> np.ndarray:
         """Interpolated ``table[labels]`` without building the full-size intensity volume."""
