@@ -139,3 +139,36 @@ def test_add_neck_extends_the_head_downwards_without_brain(procedural_anatomy):
     assert np.isin(neck, (synth.SKULL, synth.MUSCLE, synth.SKIN)).any()
     anatomy = synth.anatomy_from_labels(with_neck, "necked")
     assert not (anatomy.sdt_brain[:, :, :20] < 0).any()  # the cord is not brain
+
+
+def test_add_neck_narrows_below_the_head_and_varies_with_the_seed(procedural_anatomy):
+    labels = procedural_anatomy.labels[:, :, 40:]
+    necks = [synth.add_neck(labels, length_mm=80, rng=np.random.default_rng(seed))[:, :, :80] for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(necks[0], necks[1])
+    assert not np.array_equal(necks[0], necks[2])
+    head_area = ndi.binary_fill_holes(labels[:, :, 0] > synth.AIR).sum()
+    lowest_area = (necks[0][:, :, 0] > synth.AIR).sum()
+    assert 0.2 * head_area < lowest_area < 0.7 * head_area  # a neck, not the head's outline
+    # under random contrasts the neck must not be one uniform tissue: a mixture and vessels
+    assert {synth.MUSCLE, synth.FAT, synth.VESSEL, synth.MARROW} <= set(np.unique(necks[0]))
+
+
+def test_skull_stripped_input_keeps_only_the_brain_and_its_margin():
+    sdt = np.linspace(-10, 10, 21, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
+    image = np.random.default_rng(0).uniform(1, 2, sdt.shape).astype(np.float32)
+    stripped = synth.SkullStripped(margin_mm=2.0)(image, sdt)
+    np.testing.assert_array_equal(stripped[sdt <= 2.0], image[sdt <= 2.0])
+    assert (stripped[sdt > 2.0] == image.min()).all()
+
+
+def test_atrophy_widens_csf_without_moving_the_brain_mask(procedural_anatomy):
+    labels = procedural_anatomy.labels
+    widened = synth.atrophy(labels, thickness_mm=2)
+    np.testing.assert_array_equal(synth.atrophy(labels, 0), labels)
+    brain, nocsf = synth.brain_masks_from_labels(labels)
+    brain_widened, nocsf_widened = synth.brain_masks_from_labels(widened)
+    np.testing.assert_array_equal(brain_widened, brain)
+    assert (widened == synth.CSF).sum() > 1.2 * (labels == synth.CSF).sum()
+    assert nocsf_widened.sum() < 0.95 * nocsf.sum() and not (nocsf_widened & ~nocsf).any()
+    changed = widened != labels
+    assert (widened[changed] == synth.CSF).all() and np.isin(labels[changed], (synth.GM, synth.WM)).all()

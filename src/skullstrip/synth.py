@@ -32,6 +32,7 @@ and to the brain without extracerebral CSF, both resampled with the same transfo
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ class SynthConfig:
     p_blur: float = 0.5
     p_fov_cut: float = 0.3
     p_deface: float = 0.25  # research and clinical data are often defaced
+    p_skull_stripped: float = 0.06  # inputs another tool already stripped
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -149,49 +151,104 @@ def cut_below_brainstem(mask: np.ndarray, min_area_mm2: float = 1000.0, keep_mm:
     return largest_component(cut)
 
 
-def add_neck(labels: np.ndarray, length_mm: int = 60) -> np.ndarray:
-    """Extend a label map that ends at the skull base with a simple neck below it.
+def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Extend a label map that ends at the skull base with a neck and jaw below it.
 
     BrainWeb heads stop about a centimetre below the cerebellum, so a network trained on
-    them alone has never seen a neck and lets the mask run down the spinal canal of
-    head-and-neck scans. Below the last slice this adds, per 1 mm slice: the last
-    slice's outline shrinking by up to a quarter towards its centre (skin, fat, muscle),
-    a spinal cord (white matter) in CSF inside a vertebral ring and body (bone, marrow)
-    under the medulla, and an airway in front. 1 mm RAS label maps only.
+    them alone has never seen a neck and lets the mask run down the spinal canal and into
+    the soft tissue of head-and-neck scans. Below the last slice this draws, per 1 mm
+    slice: a neck (an ellipse that narrows from the head's outline over 3-5 cm) and in
+    front of it a jaw that recedes until the chin; inside them skin, fat, and a smooth
+    random mixture of muscle, fat and connective tissue (so under random contrasts the
+    neck can look like brain anywhere, and only its shape says it is not); a spinal cord
+    (white matter) in CSF inside a vertebral ring and body (bone, marrow); an airway;
+    carotid and jugular vessels; and a U of mandible bone. ``rng`` draws the neck's
+    proportions (a fixed default neck without it). 1 mm RAS label maps only.
     """
+    rng = rng or np.random.default_rng(0)
     bottom = labels[:, :, 0]
     head = ndi.binary_fill_holes(bottom > AIR)
     cord_voxels = np.argwhere(np.isin(bottom, (CSF, GM, WM)))
     if not head.any() or len(cord_voxels) == 0:
         return labels
-    centre = np.argwhere(head).mean(axis=0)
+    head_xy = np.argwhere(head)
+    centre = head_xy.mean(axis=0)
+    half_width = (head_xy[:, 0].max() - head_xy[:, 0].min()) / 2
+    front = head_xy[:, 1].max()
     cord = cord_voxels.mean(axis=0)
     x, y = np.indices(bottom.shape, dtype=np.float32)
-    # the spine and airway are the same on every slice: draw them once
+    dx, dy = x - cord[0], y - cord[1]  # +y is anterior
+
+    # the spine, airway and vessels are the same on every slice: draw them once
     spine = np.full(bottom.shape, AIR, np.uint8)
-    radius = np.hypot(x - cord[0], y - cord[1])
-    body = np.hypot(x - cord[0], y - cord[1] - 17)  # vertebral body in front of the canal (+y is anterior)
+    radius = np.hypot(dx, dy)
+    body = np.hypot(dx, dy - 17)  # vertebral body in front of the canal
     spine[(radius < 14) | (body < 10)] = SKULL
     spine[body < 7] = MARROW
     spine[radius < 7.5] = CSF
     spine[radius < 4.5] = WM
-    airway = np.hypot(x - cord[0], y - cord[1] - 38) < 7
+    airway_y = rng.uniform(32, 42)
+    airway = np.hypot(dx / rng.uniform(0.8, 1.6), dy - airway_y) < rng.uniform(5, 8)
+    for side in (-1, 1):
+        for offset_x, offset_y, size in ((22, 30, 3.5), (30, 18, 5.0)):  # carotid, jugular
+            centre_x = side * offset_x * rng.uniform(0.85, 1.15)
+            tube = np.hypot(dx - centre_x, dy - offset_y) < size * rng.uniform(0.7, 1.3)
+            spine[tube & (spine == AIR)] = VESSEL
     drawn = spine != AIR
+
+    neck_half_width = half_width * rng.uniform(0.45, 0.6)
+    neck_back, neck_front = cord[1] - rng.uniform(30, 45), cord[1] + rng.uniform(55, 70)
+    neck_centre_y, neck_half_depth = (neck_back + neck_front) / 2, (neck_front - neck_back) / 2
+    in_neck = (dx / neck_half_width) ** 2 + ((y - neck_centre_y) / neck_half_depth) ** 2 <= 1
+    narrowing_mm = rng.uniform(30, 50)
+    chin_depth = rng.uniform(35, 65)  # the jaw ends this far below the last slice
+    jaw_front = front - rng.uniform(0, 10)
+    mandible_inner = rng.uniform(0.55, 0.7)
+    texture = _smooth_noise(rng, (*bottom.shape, length_mm), control=8, amplitude=1.0)
+    fat_above, connective_below = rng.uniform(0.3, 0.8), -rng.uniform(0.5, 1.0)
+    mixture = np.where(texture > fat_above, FAT, np.where(texture < connective_below, CONNECTIVE, MUSCLE))
+
     slices = []
     for depth in range(length_mm, 0, -1):  # from the lowest new slice up to the old bottom
-        shrink = 1 - 0.25 * min(depth / 30, 1)
+        blend = min(depth / narrowing_mm, 1.0)
+        shrink = 1 - 0.25 * blend
         source = (centre[:, None, None] + (np.stack([x, y]) - centre[:, None, None]) / shrink).round().astype(int)
         inside = (source >= 0).all(axis=0) & (source[0] < bottom.shape[0]) & (source[1] < bottom.shape[1])
         outline = np.zeros(bottom.shape, bool)
         outline[inside] = head[source[0][inside], source[1][inside]]
+        # below the narrowing only the neck ellipse and, above the chin, the jaw remain
+        jaw = (depth < chin_depth) & (y <= jaw_front - (front - cord[1]) * 0.6 * depth / chin_depth)
+        if depth > narrowing_mm / 2:
+            outline &= in_neck | jaw
         neck = np.full(bottom.shape, AIR, np.uint8)
         neck[outline] = SKIN
         neck[ndi.binary_erosion(outline, iterations=2)] = FAT
-        neck[ndi.binary_erosion(outline, iterations=5)] = MUSCLE
-        neck[drawn] = spine[drawn]
+        deep = ndi.binary_erosion(outline, iterations=5)
+        neck[deep] = mixture[..., length_mm - depth][deep]
+        if depth < chin_depth:  # mandible: a bony band along the jaw's front and sides
+            band = deep & ~ndi.binary_erosion(deep, iterations=6) & (y > cord[1] + 25) & jaw
+            neck[band & (np.abs(dx) > neck_half_width * mandible_inner) | band & (y > cord[1] + 45)] = SKULL
+        neck[drawn & outline] = spine[drawn & outline]
         neck[airway | ~outline] = AIR
         slices.append(neck)
     return np.concatenate([np.stack(slices, axis=-1), labels], axis=2)
+
+
+def atrophy(labels: np.ndarray, thickness_mm: int) -> np.ndarray:
+    """Widen the CSF spaces as ageing and disease (MS, dementia) do.
+
+    Grey and white matter within ``thickness_mm`` of CSF become CSF: wider sulci, a
+    thicker CSF rim under the skull, larger ventricles. BrainWeb's young adults have a
+    thin rim, so without this a network learns that the brain edge hugs the cortex and
+    under-segments older brains where CSF is dark (FLAIR, T1). The brain+CSF mask does
+    not change; the no-CSF mask shrinks. 1 mm label maps.
+    """
+    if thickness_mm <= 0:
+        return labels
+    near_csf = ndi.binary_dilation(labels == CSF, iterations=thickness_mm)
+    widened = labels.copy()
+    widened[near_csf & np.isin(labels, (GM, WM))] = CSF
+    return widened
 
 
 def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
@@ -713,6 +770,25 @@ def sample_defacing(rng: np.random.Generator, anatomy: Anatomy) -> Defacing:
     return Defacing(normal=normal, point=point, margin_mm=float(rng.uniform(1, 6)))
 
 
+@dataclass(frozen=True)
+class SkullStripped:
+    """An input another tool already skull-stripped: background outside its brain mask.
+
+    Pipelines feed skullstrip images stripped elsewhere (BET, HD-BET, SynthStrip) whose
+    masks follow their own conventions; ``margin_mm`` grows (positive) or shrinks that
+    mask around ours, so the network learns to keep what is left rather than erode it.
+    """
+
+    margin_mm: float
+
+    def __call__(self, image: np.ndarray, sdt_brain_mm: np.ndarray) -> np.ndarray:
+        return np.where(sdt_brain_mm > self.margin_mm, image.min(), image).astype(np.float32)
+
+
+def sample_skull_stripped(rng: np.random.Generator) -> SkullStripped:
+    return SkullStripped(margin_mm=float(rng.uniform(-2.0, 1.5)))
+
+
 # ------------------------------------------------------------------------- the sample
 
 
@@ -787,6 +863,8 @@ class SyntheticHeads:
             image = Quantisation(int(rng.choice([64, 256, 4096])))(image)
         if rng.random() < config.p_deface:
             image = sample_defacing(rng, anatomy)(image, coords, targets[0])
+        if rng.random() < config.p_skull_stripped:
+            image = sample_skull_stripped(rng)(image, targets[0])
         if rng.random() < config.p_fov_cut:
             image = sample_fov_cut(rng, shape)(image)
         affine = np.eye(4)
@@ -808,8 +886,20 @@ class SyntheticHeads:
 
 
 def load_anatomies(paths: Sequence[str | Path]) -> list[Anatomy]:
-    """Label maps from files (given a neck), with their brain distance maps (about 2 s each)."""
-    return [anatomy_from_labels(add_neck(load_label_map(p)), Path(p).name.split(".")[0]) for p in paths]
+    """Label maps from files with their brain distance maps (about 5 s each).
+
+    Each map is given a neck (:func:`add_neck`) and half of them an atrophied brain
+    (:func:`atrophy`, 1-2 mm), drawn from a seed made of the file's name so that every
+    run and every worker sees the same anatomy for a subject.
+    """
+    anatomies = []
+    for path in paths:
+        name = Path(path).name.split(".")[0]
+        rng = np.random.default_rng(zlib.crc32(name.encode()))  # each subject keeps its own neck
+        labels = add_neck(load_label_map(path), length_mm=int(rng.integers(50, 101)), rng=rng)
+        labels = atrophy(labels, thickness_mm=int(rng.choice([0, 0, 1, 2])))
+        anatomies.append(anatomy_from_labels(labels, name))
+    return anatomies
 
 
 def procedural_anatomies(n: int, seed: int = 0) -> list[Anatomy]:
@@ -861,7 +951,8 @@ def make_phantom(seed: int = 0, voxel_mm: float = 1.5, shape: tuple[int, int, in
     head sits centred in a scanner-like grid of the requested voxel size.
     """
     config = config_with(shape=shape, voxel_mm=voxel_mm, max_rotation_deg=0.0, p_axis_permutation=0.0,
-                         max_shift_mm=0.0, p_fov_cut=0.0, p_thick_slices=0.0, p_ghosting=0.0, p_deface=0.0)
+                         max_shift_mm=0.0, p_fov_cut=0.0, p_thick_slices=0.0, p_ghosting=0.0, p_deface=0.0,
+                         p_skull_stripped=0.0)
     generator = SyntheticHeads(anatomies or procedural_anatomies(1, seed), config)
     return generator.sample(seed, modality)
 

@@ -332,7 +332,8 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     left.set_yscale("log")
     left.legend()
     right.set_xlabel("step")
-    right.legend()
+    if val_rows:  # a resumed run's first minutes have no validation yet
+        right.legend()
     right.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(png_path, dpi=80)
