@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from skullstrip import synth
 
@@ -26,6 +27,13 @@ def test_bias_field_is_smooth_and_positive(volume):
 
 def test_resolution_without_blur_or_slices_is_identity(volume):
     np.testing.assert_array_equal(synth.Resolution(np.zeros(3))(volume), volume)
+
+
+def test_thick_slices_equal_scipy_zoom_down_and_up(volume):
+    thick = synth.Resolution(np.zeros(3), slice_axis=1, slice_factor=2.6)(volume)
+    coarse = ndi.zoom(volume, (1, 11 / 28, 1), order=1, grid_mode=True, mode="nearest")  # round(28 / 2.6) slices
+    expected = ndi.zoom(coarse, (1, 28 / 11, 1), order=1, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(thick, expected, atol=1e-5)
 
 
 def test_thick_slices_remove_detail_along_one_axis_only(volume):
@@ -59,12 +67,35 @@ def test_ghosting_adds_shifted_copy(volume):
     np.testing.assert_allclose(ghost, volume + 0.1 * np.roll(volume, 12, axis=0), rtol=1e-6)
 
 
-def test_epi_distortion_moves_along_one_axis_only():
-    volume = np.zeros((20, 20, 20), np.float32)
-    volume[:, 10, :] = 1.0  # a plane perpendicular to axis 1
-    distortion = synth.EpiDistortion(axis=0, displacement_vox=np.full((2, 2, 2), 3.0))
-    (moved,) = distortion([volume])
-    np.testing.assert_allclose(moved, volume, atol=1e-6)  # shifting along the plane changes nothing
+def test_epi_distortion_shifts_sampling_along_its_phase_axis_only():
+    shape = (12, 14, 16)
+    transform = synth.SpatialTransform(matrix=np.diag([2.0, 1.0, 1.0]), offset=np.zeros(3),
+                                       displacement=np.zeros((3, 2, 2, 2)), output_shape=shape, output_voxel_mm=1.0)
+    distortion = synth.EpiDistortion(axis=0, displacement_vox=np.full((2, 2, 2), 1.5))
+    plain, distorted = transform.coordinates(), transform.coordinates(distortion)
+    np.testing.assert_allclose(distorted[0], plain[0] + 2.0 * 1.5, atol=1e-5)  # 1.5 output voxels of 2 mm
+    np.testing.assert_array_equal(distorted[1:], plain[1:])
+
+
+def test_epi_sample_equals_resampling_the_undistorted_sample(procedural_anatomy):
+    """Distorting the coordinates = interpolating the undistorted image a second time."""
+    config = synth.config_with(shape=(40, 40, 40), voxel_mm=3.0, max_rotation_deg=0.0, p_axis_permutation=0.0,
+                               scale_range=0.0, max_shear=0.0, deform_max_mm=0.0)
+    transform = synth.sample_spatial_transform(np.random.default_rng(0), config, procedural_anatomy)
+    distortion = synth.EpiDistortion(axis=1, displacement_vox=np.random.default_rng(1).normal(0, 1, (4, 4, 4)))
+    table = np.arange(synth.N_LABELS, dtype=np.float32)
+
+    def image(coords):
+        sampler = synth.TrilinearSampler(coords, procedural_anatomy.labels.shape)
+        return sampler.labels_to_values(procedural_anatomy.labels, table, outside=0.0).reshape(config.shape)
+
+    index = np.indices(config.shape, dtype=np.float32)
+    index[1] += distortion.shift(config.shape)
+    twice = ndi.map_coordinates(image(transform.coordinates()), index, order=1, mode="nearest")
+    once = image(transform.coordinates(distortion))
+    # with an axis-aligned 3 mm grid the second interpolation only adds blur
+    assert np.abs(once - twice)[4:-4, 4:-4, 4:-4].mean() < 0.1  # undistorted: 0.14
+    assert np.corrcoef(once.ravel(), twice.ravel())[0, 1] > 0.97  # undistorted: 0.94
 
 
 def test_dropout_attenuates_only_near_its_centre():
@@ -128,8 +159,6 @@ def test_trilinear_sampler_equals_scipy_map_coordinates():
 
 @pytest.mark.parametrize("shape", [(28, 36, 20), (30, 31, 17), (7, 40, 5)])
 def test_resize_linear_equals_scipy_zoom(shape):
-    from scipy import ndimage as ndi
-
     coarse = np.random.default_rng(0).normal(size=(7, 9, 5)).astype(np.float32)
     zoom = [n / m for n, m in zip(shape, coarse.shape)]
     expected = ndi.zoom(coarse, zoom, order=1, grid_mode=True, mode="nearest")

@@ -358,8 +358,13 @@ class SpatialTransform:
     output_shape: tuple[int, int, int]
     output_voxel_mm: float
 
-    def coordinates(self) -> np.ndarray:
+    def coordinates(self, distortion: EpiDistortion | None = None) -> np.ndarray:
         index = np.indices(self.output_shape, dtype=np.float32).reshape(3, -1)
+        if distortion is not None:
+            # the distorted voxel shows the anatomy shifted along the phase axis; the smooth
+            # deformation below is read at the unshifted voxel (it varies over centimetres,
+            # the shift is millimetres)
+            index[distortion.axis] += distortion.shift(self.output_shape).ravel()
         coords = self.matrix.astype(np.float32) @ index + self.offset.astype(np.float32)[:, None]
         for axis in range(3):
             coords[axis] += upsample_smooth(self.displacement[axis], self.output_shape).ravel()
@@ -556,14 +561,9 @@ class Resolution:
         if self.slice_axis is not None and self.slice_factor > 1.05:
             # keep one slice every `slice_factor` voxels, then interpolate back linearly:
             # what conforming a thick-slice clinical scan to the working grid produces
-            n = image.shape[self.slice_axis]
-            kept = max(2, int(round(n / self.slice_factor)))
-            down = [1.0, 1.0, 1.0]
-            down[self.slice_axis] = kept / n
-            coarse = ndi.zoom(image, down, order=1, grid_mode=True, mode="nearest")
-            up = [1.0, 1.0, 1.0]
-            up[self.slice_axis] = n / coarse.shape[self.slice_axis]
-            image = ndi.zoom(coarse, up, order=1, grid_mode=True, mode="nearest")
+            thick = list(image.shape)
+            thick[self.slice_axis] = max(2, int(round(image.shape[self.slice_axis] / self.slice_factor)))
+            image = resize_linear(resize_linear(image, thick), image.shape)
         return image
 
 
@@ -603,17 +603,18 @@ def sample_bias_field(rng: np.random.Generator, config: SynthConfig) -> BiasFiel
 
 @dataclass(frozen=True)
 class EpiDistortion:
-    """Susceptibility-like geometric distortion: displacement along one (phase) axis."""
+    """Susceptibility-like geometric distortion: displacement along one (phase) axis.
 
-    axis: int
-    displacement_vox: np.ndarray  # coarse grid
+    It is applied to the sampling coordinates (:meth:`SpatialTransform.coordinates`),
+    so the image and both targets are interpolated once from the label map, not
+    interpolated a second time on the output grid.
+    """
 
-    def __call__(self, volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        shape = volumes[0].shape
-        shift = upsample_smooth(self.displacement_vox, shape)
-        coords = np.indices(shape, dtype=np.float32)
-        coords[self.axis] += shift
-        return [ndi.map_coordinates(v, coords, order=1, mode="nearest") for v in volumes]
+    axis: int  # output-grid axis
+    displacement_vox: np.ndarray  # coarse grid, output voxels
+
+    def shift(self, shape: Sequence[int]) -> np.ndarray:
+        return upsample_smooth(self.displacement_vox, shape)
 
 
 def sample_epi_distortion(rng: np.random.Generator, config: SynthConfig) -> EpiDistortion:
@@ -833,7 +834,8 @@ class SyntheticHeads:
             modality = str(rng.choice(names, p=weights / weights.sum()))
 
         transform = sample_spatial_transform(rng, config, anatomy)
-        coords = transform.coordinates()
+        distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
+        coords = transform.coordinates(distortion)
         contrast = sample_tissue_contrast(rng, modality)
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
@@ -845,10 +847,8 @@ class SyntheticHeads:
         to_output_mm = np.float32(transform.mm_per_label_mm)
         targets = [d.reshape(shape) * to_output_mm for d in sampler.value_pairs(anatomy.sdts, outside=SDT_CLIP_MM)]
 
-        if modality == "epi":
-            image, *targets = sample_epi_distortion(rng, config)([image, *targets])
-            if rng.random() < 0.7:
-                image = sample_dropout(rng, targets[0])(image)
+        if modality == "epi" and rng.random() < 0.7:
+            image = sample_dropout(rng, targets[0])(image)
         image = sample_resolution(rng, config, modality)(image)
         image = sample_bias_field(rng, config)(image) if modality != "ct" else image
         if rng.random() < config.p_ghosting and modality in ("mri", "epi"):
