@@ -484,7 +484,8 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueCon
     """Draw per-label intensities for a modality family.
 
     - ``mri``: half the time a fully random GMM (any contrast order, as SynthStrip), else
-      T1-, T2-, FLAIR- or PD-like orderings with jittered values.
+      T1- (without or with contrast agent), T2-, FLAIR- or PD-like orderings with
+      jittered values.
     - ``ct``: Hounsfield units (bone 700-1800, brain 20-45, CSF 0-15, fat about -100,
       air -1000), sometimes stored with a +1024 offset as unsigned scanners do.
     - ``pet``: grey matter uptake highest, white matter lower, little outside the brain.
@@ -498,7 +499,7 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueCon
             means = rng.uniform(0, 1, N_LABELS)
             means[AIR] = rng.uniform(0, 0.1) if rng.random() < 0.85 else rng.uniform(0, 1)
         else:
-            means = _mri_family_means(rng, rng.choice(["t1", "t2", "flair", "pd"]))
+            means = _mri_family_means(rng, rng.choice(["t1", "t1c", "t2", "flair", "pd"]))
         stds = rng.uniform(0, 0.06, N_LABELS)
     elif modality == "ct":
         means[:] = [-1000, rng.uniform(0, 15), rng.uniform(32, 45), rng.uniform(20, 32),
@@ -537,6 +538,9 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueCon
 def _mri_family_means(rng: np.random.Generator, family: str) -> np.ndarray:
     base = {  # air csf gm wm fat muscle skin skull vessel connect dura marrow
         "t1": [0.02, 0.15, 0.55, 0.8, 0.9, 0.4, 0.5, 0.05, 0.5, 0.6, 0.3, 0.7],
+        # gadolinium: enhancing dura and vessels outline the brain with a bright rim that
+        # is not scalp fat (clinical T1w are often post-contrast)
+        "t1c": [0.02, 0.15, 0.55, 0.75, 0.9, 0.4, 0.5, 0.05, 0.95, 0.6, 0.8, 0.7],
         "t2": [0.02, 0.95, 0.6, 0.4, 0.7, 0.25, 0.4, 0.05, 0.2, 0.5, 0.2, 0.5],
         "flair": [0.02, 0.08, 0.6, 0.45, 0.7, 0.3, 0.45, 0.05, 0.2, 0.5, 0.3, 0.5],
         "pd": [0.02, 0.8, 0.75, 0.6, 0.85, 0.45, 0.6, 0.05, 0.4, 0.6, 0.4, 0.6],
