@@ -210,8 +210,7 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
 
     slices = []
     for depth in range(length_mm, 0, -1):  # from the lowest new slice up to the old bottom
-        blend = min(depth / narrowing_mm, 1.0)
-        shrink = 1 - 0.25 * blend
+        shrink = 1 - 0.25 * min(depth / narrowing_mm, 1.0)
         source = (centre[:, None, None] + (np.stack([x, y]) - centre[:, None, None]) / shrink).round().astype(int)
         inside = (source >= 0).all(axis=0) & (source[0] < bottom.shape[0]) & (source[1] < bottom.shape[1])
         outline = np.zeros(bottom.shape, bool)
@@ -227,7 +226,8 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
         neck[deep] = mixture[..., length_mm - depth][deep]
         if depth < chin_depth:  # mandible: a bony band along the jaw's front and sides
             band = deep & ~ndi.binary_erosion(deep, iterations=6) & (y > cord[1] + 25) & jaw
-            neck[band & (np.abs(dx) > neck_half_width * mandible_inner) | band & (y > cord[1] + 45)] = SKULL
+            sides_and_front = (np.abs(dx) > neck_half_width * mandible_inner) | (y > cord[1] + 45)
+            neck[band & sides_and_front] = SKULL
         neck[drawn & outline] = spine[drawn & outline]
         neck[airway | ~outline] = AIR
         slices.append(neck)
