@@ -34,6 +34,14 @@ def test_strip_writes_outputs(tmp_path, phantom_file, capsys):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary files left
 
 
+def test_opening_option_reaches_the_sidecar(tmp_path, phantom_file, capsys):
+    import json
+
+    code, _, _ = run(["-i", phantom_file, "-m", tmp_path / "mask.nii.gz", "--opening", "3"], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "mask.json").read_text())["parameters"]["opening_mm"] == 3.0
+
+
 def test_no_output_requested_is_an_error(phantom_file, capsys):
     code, _, err = run(["-i", phantom_file], capsys)
     assert code == 1 and "nothing to write" in err

@@ -47,6 +47,9 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--border", type=float, default=1.0,
                         help="mask border in mm from the brain+CSF surface: positive grows, negative shrinks "
                              "(default 1, as SynthStrip)")
+    parser.add_argument("--opening", type=float, default=None,
+                        help="cut bridges thinner than twice this many mm between the brain and non-brain "
+                             "parts wrongly joined to it; 0 turns it off (default: the model's setting)")
     parser.add_argument("--no-csf", action="store_true", help="exclude the CSF around the brain from the mask")
     parser.add_argument("--volumes", choices=("mean", "first", "each"), default="mean",
                         help="4D input: one mask from the mean or first volume (default mean), or one per volume")
@@ -72,7 +75,8 @@ def _run_strip(args: argparse.Namespace) -> int:
 
     if not (args.out or args.mask or args.sdt):
         raise UserError("nothing to write: give at least one of -o/--out, -m/--mask, -d/--sdt")
-    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, volumes=args.volumes, fill=args.fill,
+    opening = {} if args.opening is None else {"opening_mm": args.opening}
+    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, volumes=args.volumes, fill=args.fill, **opening,
                            threads=args.threads, device=args.device, model_path=args.model,
                            mirror_average=args.mirror_average)
     result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
@@ -206,6 +210,7 @@ def _batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dask-scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
     parser.add_argument("-b", "--border", type=float, default=1.0)
+    parser.add_argument("--opening", type=float, default=None, help="as for skullstrip strip")
     parser.add_argument("--no-csf", action="store_true")
     parser.add_argument("--no-flip-check", action="store_true",
                         help="skip the mirrored-input QC prediction (halves model time)")
@@ -237,7 +242,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         jobs = batch.plan_flat(images, out)
         report = out / "qc" / "index.html"
-    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, threads=args.threads,
+    opening = {} if args.opening is None else {"opening_mm": args.opening}
+    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, threads=args.threads, **opening,
                            flip_check=not args.no_flip_check, mirror_average=args.mirror_average)
     records = batch.run_batch(jobs, options, n_jobs=args.jobs, dask_scheduler=args.dask_scheduler,
                               overwrite=args.overwrite, progress=not args.quiet)

@@ -51,6 +51,9 @@ class StripOptions:
     """What to compute; defaults match ``skullstrip -i IN -m MASK``."""
 
     border_mm: float = 1.0
+    # cut bridges thinner than twice this (mm) between the brain and what the network
+    # wrongly joined to it (neck, orbits); 0 keeps the whole largest component
+    opening_mm: float = 0.0
     no_csf: bool = False
     volumes: str = "mean"  # 4D: "mean", "first" or "each"
     fill: float | None = None
@@ -229,7 +232,7 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     timings["model"] = timings.get("model", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cleaned = clean_distance_map(distance, options.border_mm)
+    cleaned = clean_distance_map(distance, options.border_mm, options.opening_mm, conform.WORKING_VOXEL_MM)
     native = conform.resample(cleaned, grid.affine, volume.shape[:3], affine, order=1, cval=OUTSIDE_MM)
     timings["resample_back"] = timings.get("resample_back", 0) + time.perf_counter() - clock
     return native
@@ -368,9 +371,10 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
         "seconds": round(result.seconds, 3),
         "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
         "diagnostics": {k: round(v, 4) for k, v in result.diagnostics.items()},
-        "parameters": {"border_mm": options.border_mm, "no_csf": options.no_csf, "volumes": options.volumes,
-                       "fill": options.fill, "threads": options.threads, "device": options.device,
-                       "flip_check": options.flip_check, "mirror_average": options.mirror_average},
+        "parameters": {"border_mm": options.border_mm, "opening_mm": options.opening_mm, "no_csf": options.no_csf,
+                       "volumes": options.volumes, "fill": options.fill, "threads": options.threads,
+                       "device": options.device, "flip_check": options.flip_check,
+                       "mirror_average": options.mirror_average},
     }
 
 
