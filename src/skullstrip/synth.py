@@ -889,19 +889,19 @@ class SyntheticHeads:
             seed += 1
 
 
-def load_anatomies(paths: Sequence[str | Path]) -> list[Anatomy]:
+def load_anatomies(paths: Sequence[str | Path], atrophy_mm: Sequence[int] = (0,)) -> list[Anatomy]:
     """Label maps from files with their brain distance maps (about 5 s each).
 
-    Each map is given a neck (:func:`add_neck`) and half of them an atrophied brain
-    (:func:`atrophy`, 1-2 mm), drawn from a seed made of the file's name so that every
-    run and every worker sees the same anatomy for a subject.
+    Each map is given a neck (:func:`add_neck`) and an atrophy (:func:`atrophy`) of a
+    thickness drawn from ``atrophy_mm``, both from a seed made of the file's name so that
+    every run and every worker sees the same anatomy for a subject.
     """
     anatomies = []
     for path in paths:
         name = Path(path).name.split(".")[0]
         rng = np.random.default_rng(zlib.crc32(name.encode()))  # each subject keeps its own neck
         labels = add_neck(load_label_map(path), length_mm=int(rng.integers(50, 101)), rng=rng)
-        labels = atrophy(labels, thickness_mm=int(rng.choice([0, 0, 1, 2])))
+        labels = atrophy(labels, thickness_mm=int(rng.choice(np.asarray(atrophy_mm))))
         anatomies.append(anatomy_from_labels(labels, name))
     return anatomies
 

@@ -15,7 +15,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,9 @@ class TrainConfig:
     workers: int = 1
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     synth: dict = field(default_factory=dict)  # overrides of SynthConfig fields
+    # atrophy of each BrainWeb subject, drawn from these thicknesses (synth.atrophy);
+    # run3 used [0, 0, 1, 2] and its network then took bright scalp fat for CSF on T2/T1
+    atrophy_mm: list[int] = field(default_factory=lambda: [0])
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -143,11 +146,12 @@ def split_label_maps(labels_dir: str | Path, n_validation: int) -> tuple[list[Pa
 class _TrainingAnatomies:
     """Picklable factory so worker processes load the label maps themselves."""
 
-    def __init__(self, paths: list[Path], procedural: int, seed: int) -> None:
-        self.paths, self.procedural, self.seed = paths, procedural, seed
+    def __init__(self, paths: list[Path], procedural: int, seed: int, atrophy_mm: Sequence[int] = (0,)) -> None:
+        self.paths, self.procedural, self.seed, self.atrophy_mm = paths, procedural, seed, tuple(atrophy_mm)
 
     def __call__(self) -> list[synth.Anatomy]:
-        return synth.load_anatomies(self.paths) + synth.procedural_anatomies(self.procedural, self.seed)
+        return (synth.load_anatomies(self.paths, self.atrophy_mm)
+                + synth.procedural_anatomies(self.procedural, self.seed))
 
 
 def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False,
@@ -180,7 +184,7 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     train_paths, validation_paths = split_label_maps(labels_dir, config.validation_subjects)
     synth_config = config.synth_config()
     validation_set = _validation_samples(validation_paths, synth_config, config)
-    stream = SyntheticStream(_TrainingAnatomies(train_paths, config.procedural_heads, config.seed),
+    stream = SyntheticStream(_TrainingAnatomies(train_paths, config.procedural_heads, config.seed, config.atrophy_mm),
                              synth_config, config.seed, step)
     loader = DataLoader(stream, batch_size=None, num_workers=config.workers,
                         persistent_workers=config.workers > 0, prefetch_factor=2 if config.workers else None)
@@ -242,7 +246,7 @@ def _stop_requested(out_dir: Path) -> bool:
 
 
 def _validation_samples(paths: list[Path], config: synth.SynthConfig, train_config: TrainConfig) -> list[dict]:
-    generator = synth.SyntheticHeads(synth.load_anatomies(paths), config)
+    generator = synth.SyntheticHeads(synth.load_anatomies(paths, train_config.atrophy_mm), config)
     modalities = synth.MODALITIES
     return [to_tensors(generator.sample(10**9 + i, modalities[i % len(modalities)]))
             for i in range(train_config.validation_samples)]

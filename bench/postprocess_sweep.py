@@ -1,0 +1,75 @@
+"""Dice on the shared real scans for each post-processing setting (border, opening).
+
+Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE]
+
+Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
+../shared/data/eval and every setting, ``skullstrip.strip`` (same network output, cleaned
+differently) against the reference mask on the native grid. Writes
+bench/results/postprocess_sweep.md (mean, min and per modality per setting) and .csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from skullstrip.evaluate import mask_metrics, read_manifest
+from skullstrip.infer import StripOptions, strip
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+RESULTS = Path(__file__).parent / "results"
+
+
+def floats(text: str) -> list[float]:
+    return [float(value) for value in text.split(",") if value.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--borders", default="0,1")
+    parser.add_argument("--openings", default="0,3,5")
+    parser.add_argument("--model")
+    args = parser.parse_args()
+    settings = list(itertools.product(floats(args.borders), floats(args.openings)))
+    rows = []
+    for case in read_manifest(SHARED / "data" / "eval" / "manifest.csv"):
+        reference = nib.load(str(case.mask))
+        ref_data = np.asanyarray(reference.dataobj)
+        ref_mask = (ref_data[..., 0] if ref_data.ndim == 4 else ref_data) > 0.5
+        for border, opening in settings:
+            result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model))
+            mask = result.mask[..., 0] if result.mask.ndim == 4 else result.mask
+            metrics = mask_metrics(mask > 0, ref_mask, reference.header.get_zooms()[:3])
+            rows.append({"case": case.case, "modality": case.modality, "border_mm": border, "opening_mm": opening,
+                         "dice": round(metrics["dice"], 4), "hd95_mm": round(metrics["hd95_mm"], 2)})
+            print(f"{case.case:32s} border {border:g} opening {opening:g}: Dice {metrics['dice']:.4f}", flush=True)
+
+    RESULTS.mkdir(exist_ok=True)
+    with (RESULTS / "postprocess_sweep.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    modalities = sorted({row["modality"] for row in rows})
+    lines = ["# Post-processing settings on the shared real scans", "",
+             f"Command: `python bench/postprocess_sweep.py --borders {args.borders} --openings {args.openings}`"
+             + (f" `--model {args.model}`" if args.model else ""), "",
+             "| border mm | opening mm | mean Dice | min Dice | mean HD95 mm | " + " | ".join(modalities) + " |",
+             "|---|---|---|---|---|" + "---|" * len(modalities)]
+    for border, opening in settings:
+        chosen = [r for r in rows if r["border_mm"] == border and r["opening_mm"] == opening]
+        dice = np.array([r["dice"] for r in chosen])
+        per_modality = [np.mean([r["dice"] for r in chosen if r["modality"] == m]) for m in modalities]
+        lines.append(f"| {border:g} | {opening:g} | {dice.mean():.4f} | {dice.min():.4f} | "
+                     f"{np.mean([r['hd95_mm'] for r in chosen]):.2f} | "
+                     + " | ".join(f"{value:.4f}" for value in per_modality) + " |")
+    (RESULTS / "postprocess_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
