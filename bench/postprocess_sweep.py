@@ -3,8 +3,9 @@
 Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
-../shared/data/eval and every setting, ``skullstrip.strip`` (same network output, cleaned
-differently) against the reference mask on the native grid. Writes
+../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
+the native grid (the network is deterministic, so settings differ only in the cleaning;
+it runs once per setting to measure exactly what users get). Writes
 bench/results/postprocess_sweep.md (mean, min and per modality per setting) and .csv.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from skullstrip.evaluate import mask_metrics, read_manifest
+from skullstrip.evaluate import binary_mask, mask_metrics, read_manifest
 from skullstrip.infer import StripOptions, strip
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -39,12 +40,10 @@ def main() -> None:
     rows = []
     for case in read_manifest(SHARED / "data" / "eval" / "manifest.csv"):
         reference = nib.load(str(case.mask))
-        ref_data = np.asanyarray(reference.dataobj)
-        ref_mask = (ref_data[..., 0] if ref_data.ndim == 4 else ref_data) > 0.5
+        ref_mask = binary_mask(reference)
         for border, opening in settings:
             result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model))
-            mask = result.mask[..., 0] if result.mask.ndim == 4 else result.mask
-            metrics = mask_metrics(mask > 0, ref_mask, reference.header.get_zooms()[:3])
+            metrics = mask_metrics(result.mask > 0, ref_mask, reference.header.get_zooms()[:3])
             rows.append({"case": case.case, "modality": case.modality, "border_mm": border, "opening_mm": opening,
                          "dice": round(metrics["dice"], 4), "hd95_mm": round(metrics["hd95_mm"], 2)})
             print(f"{case.case:32s} border {border:g} opening {opening:g}: Dice {metrics['dice']:.4f}", flush=True)

@@ -99,6 +99,12 @@ def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index.min(axis=0), index.max(axis=0)
 
 
+def binary_mask(image: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """A mask file's first volume as booleans (masks saved 4D with one volume are common)."""
+    data = np.asanyarray(image.dataobj)
+    return (data[..., 0] if data.ndim == 4 else data) > 0.5
+
+
 def on_reference_grid(prediction: nib.spatialimages.SpatialImage,
                       reference: nib.spatialimages.SpatialImage) -> np.ndarray:
     """The prediction as a boolean array on the reference grid.
@@ -107,10 +113,9 @@ def on_reference_grid(prediction: nib.spatialimages.SpatialImage,
     a corner more than one voxel away: refused (a header mistake, not a resampling
     job). Different shapes: nearest-neighbour resampling into the reference grid.
     """
-    data = np.asanyarray(prediction.dataobj)
-    data = data[..., 0] if data.ndim == 4 else data
+    mask = binary_mask(prediction)
     ref_shape = reference.shape[:3]
-    if data.shape == ref_shape:
+    if mask.shape == ref_shape:
         corners = np.array([[0, 0, 0], np.array(ref_shape) - 1], dtype=float)
         ref_world = corners @ reference.affine[:3, :3].T + reference.affine[:3, 3]
         pred_world = corners @ prediction.affine[:3, :3].T + prediction.affine[:3, 3]
@@ -120,8 +125,8 @@ def on_reference_grid(prediction: nib.spatialimages.SpatialImage,
             raise GridMismatchError(
                 f"{prediction.get_filename() or 'prediction'}: same shape as the reference but its affine places "
                 f"voxels {shift:.1f} mm away (more than one voxel); check the headers")
-        return data > 0.5
-    moved = resample((data > 0.5).astype(np.float32), prediction.affine, ref_shape, reference.affine, order=0)
+        return mask
+    moved = resample(mask.astype(np.float32), prediction.affine, ref_shape, reference.affine, order=0)
     return moved > 0.5
 
 
@@ -203,8 +208,7 @@ def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[s
             continue
         try:
             reference = nib.load(str(case.mask))
-            ref_data = np.asanyarray(reference.dataobj)
-            ref_mask = (ref_data[..., 0] if ref_data.ndim == 4 else ref_data) > 0.5
+            ref_mask = binary_mask(reference)
             spacing = reference.header.get_zooms()[:3]
         except Exception as error:  # one unreadable case must not stop the others
             failures.append((case.case, f"reference mask unreadable: {error}"))
@@ -441,9 +445,7 @@ def real_scan_monitor(manifest: str | Path, border_mm: float = 0.0,
     for case in cases:
         image = nib.load(str(case.image))
         data = np.asanyarray(image.dataobj).astype(np.float32)
-        reference = np.asanyarray(nib.load(str(case.mask)).dataobj)
-        loaded.append((data[..., 0] if data.ndim == 4 else data, image.affine,
-                       (reference[..., 0] if reference.ndim == 4 else reference) > 0.5))
+        loaded.append((data[..., 0] if data.ndim == 4 else data, image.affine, binary_mask(nib.load(str(case.mask)))))
 
     def monitor(network, step: int) -> dict:
         model = Model.from_network(network, source="training", step=step)

@@ -165,7 +165,7 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
     carotid and jugular vessels; and a U of mandible bone. ``rng`` draws the neck's
     proportions (a fixed default neck without it). 1 mm RAS label maps only.
     """
-    rng = rng or np.random.default_rng(0)
+    rng = np.random.default_rng(0) if rng is None else rng
     bottom = labels[:, :, 0]
     head = ndi.binary_fill_holes(bottom > AIR)
     cord_voxels = np.argwhere(np.isin(bottom, (CSF, GM, WM)))
