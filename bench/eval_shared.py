@@ -1,6 +1,6 @@
 """Accuracy of the shipped model on the shared real scans, next to the peers' numbers.
 
-Usage: python bench/eval_shared.py [--border 1] [--model FILE]
+Usage: python bench/eval_shared.py [--border MM] [--model FILE]
 
 1. `skullstrip eval ../shared/data/eval/manifest.csv` into bench/results/eval_shared/
    (cases.csv, summary.md, dice.png, hd95.png; masks are not kept in the repo);
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from skullstrip.evaluate import evaluate_manifest, qc_manifest
+from skullstrip.infer import options_with
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS = Path(__file__).parent / "results"
@@ -85,7 +86,7 @@ def qc_lines(rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--border", type=float, default=1.0)
+    parser.add_argument("--border", type=float, help="mask border (mm; default: the model's setting)")
     parser.add_argument("--model")
     args = parser.parse_args()
     out = RESULTS / "eval_shared"
@@ -93,8 +94,10 @@ def main() -> None:
     shutil.rmtree(out / "masks", ignore_errors=True)  # derived from the shared scans: not for the repo
     qc_rows = qc_manifest(SHARED / "data" / "qc" / "manifest.csv", RESULTS / "qc_shared", border_mm=args.border,
                           model_path=args.model)
-    command = "python bench/eval_shared.py" + (f" --border {args.border}" if args.border != 1.0 else "")
-    text = [f"Command: `{command}` (border {args.border} mm; per-case rows in eval_shared/cases.csv)", ""]
+    border = options_with(border_mm=args.border).border_mm
+    command = "python bench/eval_shared.py" + (f" --border {args.border}" if args.border is not None else "")
+    command += f" --model {args.model}" if args.model else ""
+    text = [f"Command: `{command}` (border {border} mm; per-case rows in eval_shared/cases.csv)", ""]
     text += comparison_lines(out / "cases.csv")
     text += (out / "summary.md").read_text().splitlines()[1:]
     text += qc_lines(qc_rows)

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from skullstrip import synth  # noqa: E402
 from skullstrip.infer import Model, load_model  # noqa: E402
 from skullstrip.model import ModelConfig, StripNet, count_parameters, flops_per_voxel  # noqa: E402
-from skullstrip.train import TrainConfig, export_weights, loss_function, train  # noqa: E402
+from skullstrip.train import TrainConfig, export_weights, initialise_from, loss_function, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,39 @@ def test_fine_layers_setting_adds_2mm_convolutions():
     added = count_parameters(StripNet(deeper)) - count_parameters(StripNet(base))
     assert added == base.fine_channels**2 * 27 + base.fine_channels
     assert flops_per_voxel(deeper) - flops_per_voxel(base) == 2 * 27 * base.fine_channels**2
+
+
+def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_path, label_dir):
+    small = dict(core_channels=4, stem_channels=2, fine_channels=3)
+    base_config = tiny_config(2)
+    base_config.model = ModelConfig(**small).to_dict()
+    checkpoint = train(label_dir, tmp_path / "base", base_config, progress=False)
+    base = StripNet(ModelConfig(**small))
+    base.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+
+    grown = StripNet(ModelConfig(**small, refine_dilations=(1, 2)))
+    new_layers = initialise_from(grown, checkpoint)
+    expected = [f"refine.{i}.{name}" for i in (0, 1) for name in ("conv.weight", "conv.bias", "scale")]
+    assert sorted(new_layers) == sorted(expected)
+    assert count_parameters(grown) - count_parameters(base) == 2 * (3 * 3 * 27 + 3 + 1)
+    image = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image), base(image))
+
+    # the other way round is an error: the smaller model lacks the refine layers
+    grown_run = tiny_config(2)
+    grown_run.model = ModelConfig(**small, refine_dilations=(1, 2)).to_dict()
+    grown_checkpoint = train(label_dir, tmp_path / "grown", grown_run, progress=False)
+    with pytest.raises(ValueError, match="lacks"):
+        initialise_from(StripNet(ModelConfig(**small)), grown_checkpoint)
+
+    # a run started with init_from begins at step 0 from the checkpoint's weights
+    warm = tiny_config(1)
+    warm.model, warm.init_from, warm.learning_rate = grown_run.model, str(checkpoint), 0.0
+    warm_checkpoint = train(label_dir, tmp_path / "warm", warm, progress=False)
+    state = torch.load(warm_checkpoint, weights_only=False)
+    assert state["step"] == 1
+    torch.testing.assert_close(state["model"]["head.weight"], base.state_dict()["head.weight"])
 
 
 def test_network_output_shape_for_odd_grids():

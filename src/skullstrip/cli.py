@@ -44,9 +44,9 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", help="stripped image (input's grid, header and data type)")
     parser.add_argument("-m", "--mask", help="binary brain mask (uint8)")
     parser.add_argument("-d", "--sdt", help="signed distance to the brain surface in mm (negative inside)")
-    parser.add_argument("-b", "--border", type=float, default=1.0,
+    parser.add_argument("-b", "--border", type=float, default=None,
                         help="mask border in mm from the brain+CSF surface: positive grows, negative shrinks "
-                             "(default 1, as SynthStrip)")
+                             "(default: the model's setting, 0)")
     parser.add_argument("--opening", type=float, default=None,
                         help="cut bridges thinner than twice this many mm between the brain and non-brain "
                              "parts wrongly joined to it; 0 turns it off (default: the model's setting)")
@@ -71,13 +71,12 @@ def _strip_parser() -> argparse.ArgumentParser:
 
 
 def _run_strip(args: argparse.Namespace) -> int:
-    from skullstrip.infer import StripOptions, strip_file
+    from skullstrip.infer import options_with, strip_file
 
     if not (args.out or args.mask or args.sdt):
         raise UserError("nothing to write: give at least one of -o/--out, -m/--mask, -d/--sdt")
-    opening = {} if args.opening is None else {"opening_mm": args.opening}
-    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, volumes=args.volumes, fill=args.fill, **opening,
-                           threads=args.threads, device=args.device, model_path=args.model,
+    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf, volumes=args.volumes,
+                           fill=args.fill, threads=args.threads, device=args.device, model_path=args.model,
                            mirror_average=args.mirror_average)
     result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
                         json_path=None if args.no_json else (args.json or "auto"), options=options,
@@ -146,7 +145,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", action="append", default=[], metavar="NAME=FOLDER",
                         help="another tool's masks, FOLDER/CASE.nii.gz; repeatable")
     parser.add_argument("--no-model", action="store_true", help="only score the --method folders")
-    parser.add_argument("-b", "--border", type=float, default=1.0, help="border for our model (mm)")
+    parser.add_argument("-b", "--border", type=float, default=None,
+                        help="border for our model (mm; default: the model's)")
     parser.add_argument("--model", help="weights file instead of the shipped model")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -175,7 +175,7 @@ def _qc_parser() -> argparse.ArgumentParser:
                                      description="Overlay pictures and an index page for scans without masks.")
     parser.add_argument("manifest", help="CSV with columns case, modality, image")
     parser.add_argument("--out", required=True, help="folder for CASE.png, index.html and qc.csv")
-    parser.add_argument("-b", "--border", type=float, default=1.0)
+    parser.add_argument("-b", "--border", type=float, default=None, help="mask border (mm; default: the model's)")
     parser.add_argument("--model", help="weights file instead of the shipped model")
     parser.add_argument("-q", "--quiet", action="store_true")
     return parser
@@ -209,7 +209,7 @@ def _batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="local worker processes (default 1)")
     parser.add_argument("--dask-scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
-    parser.add_argument("-b", "--border", type=float, default=1.0)
+    parser.add_argument("-b", "--border", type=float, default=None, help="mask border (mm; default: the model's)")
     parser.add_argument("--opening", type=float, default=None, help="as for skullstrip strip")
     parser.add_argument("--no-csf", action="store_true")
     parser.add_argument("--no-flip-check", action="store_true",
@@ -225,7 +225,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from skullstrip import batch
-    from skullstrip.infer import StripOptions
+    from skullstrip.infer import options_with
 
     split = [s.strip() for s in args.modality.split(",") if s.strip()]
     subjects = [s.strip() for s in args.subject.split(",") if s.strip()]
@@ -242,8 +242,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         jobs = batch.plan_flat(images, out)
         report = out / "qc" / "index.html"
-    opening = {} if args.opening is None else {"opening_mm": args.opening}
-    options = StripOptions(border_mm=args.border, no_csf=args.no_csf, threads=args.threads, **opening,
+    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf, threads=args.threads,
                            flip_check=not args.no_flip_check, mirror_average=args.mirror_average)
     records = batch.run_batch(jobs, options, n_jobs=args.jobs, dask_scheduler=args.dask_scheduler,
                               overwrite=args.overwrite, progress=not args.quiet)

@@ -167,7 +167,7 @@ def method_mask_path(folder: Path, case: str) -> Path | None:
 # ------------------------------------------------------------------------ our model
 
 
-def run_ours_isolated(image: Path, mask_out: Path, border_mm: float, model_path: str | None) -> dict:
+def run_ours_isolated(image: Path, mask_out: Path, border_mm: float | None, model_path: str | None) -> dict:
     """Run skullstrip on one image in a fresh process: wall time and that process's peak RSS."""
     import multiprocessing
 
@@ -176,12 +176,12 @@ def run_ours_isolated(image: Path, mask_out: Path, border_mm: float, model_path:
         return pool.apply(_strip_and_measure, (str(image), str(mask_out), border_mm, model_path))
 
 
-def _strip_and_measure(image: str, mask_out: str, border_mm: float, model_path: str | None) -> dict:
+def _strip_and_measure(image: str, mask_out: str, border_mm: float | None, model_path: str | None) -> dict:
     started = time.perf_counter()
-    from skullstrip.infer import StripOptions, strip_file
+    from skullstrip.infer import options_with, strip_file
 
     strip_file(image, mask_path=mask_out, json_path=None,
-               options=StripOptions(border_mm=border_mm, model_path=model_path), overwrite=True)
+               options=options_with(border_mm=border_mm, model_path=model_path), overwrite=True)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_kb / 1024}
 
@@ -190,7 +190,7 @@ def _strip_and_measure(image: str, mask_out: str, border_mm: float, model_path: 
 
 
 def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[str, Path] | None = None,
-                      run_model: bool = True, border_mm: float = 1.0, model_path: str | None = None,
+                      run_model: bool = True, border_mm: float | None = None, model_path: str | None = None,
                       progress: bool = True) -> list[dict]:
     """Per-case metrics for our model and/or other tools' mask folders, and the reports."""
     from tqdm import tqdm
@@ -370,8 +370,8 @@ def plot_metrics(rows: list[dict], out_dir: Path) -> None:
 # --------------------------------------------------------------------- QC (no masks)
 
 
-def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float = 1.0, model_path: str | None = None,
-                progress: bool = True) -> list[dict]:
+def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | None = None,
+                model_path: str | None = None, progress: bool = True) -> list[dict]:
     """Run our model on every case, write one overlay PNG per case and ``index.html``.
 
     The table also gives numbers a person checks by eye: brain volume, the mean image
@@ -380,7 +380,7 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float = 1.
     """
     from tqdm import tqdm
 
-    from skullstrip.infer import StripOptions, strip
+    from skullstrip.infer import options_with, strip
     from skullstrip.qc import overlay_png
 
     out_dir = Path(out_dir)
@@ -388,7 +388,7 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float = 1.
     rows = []
     for case in tqdm(read_manifest(manifest), disable=not progress, desc="cases", unit="case"):
         try:
-            result = strip(case.image, StripOptions(border_mm=border_mm, model_path=model_path))
+            result = strip(case.image, options_with(border_mm=border_mm, model_path=model_path))
             volume = result.data.mean(axis=3) if result.data.ndim == 4 else result.data
             mask = result.mask.astype(bool) if result.mask.ndim == 3 else result.mask[..., 0].astype(bool)
             nonzero = volume != 0

@@ -50,10 +50,12 @@ SOFT_EDGE_MM = 1.0  # width of the logistic that turns distance into a probabili
 class StripOptions:
     """What to compute; defaults match ``skullstrip -i IN -m MASK``."""
 
-    border_mm: float = 1.0
+    # the mask is distance < border; 0 mm (the network's own surface) measured best for the
+    # shipped weights: mean Dice 0.9186 vs 0.9040 at 1 mm (bench/results/postprocess_sweep.md)
+    border_mm: float = 0.0
     # cut bridges thinner than twice this (mm) between the brain and what the network
     # wrongly joined to it (neck, orbits); 0 keeps the whole largest component. 4 mm:
-    # mean Dice 0.9141 -> 0.9153 on the shared real scans (bench/results/postprocess_sweep.md)
+    # mean Dice 0.9177 -> 0.9186 on the shared real scans (bench/results/postprocess_sweep.md)
     opening_mm: float = 4.0
     no_csf: bool = False
     volumes: str = "mean"  # 4D: "mean", "first" or "each"
@@ -66,6 +68,11 @@ class StripOptions:
     # twice the model time): the mask no longer depends on which hemisphere is on the left
     mirror_average: bool = False
 
+
+
+def options_with(**settings) -> StripOptions:
+    """``StripOptions`` with the given settings; a setting of None keeps the default."""
+    return StripOptions(**{name: value for name, value in settings.items() if value is not None})
 
 @dataclass
 class Result:

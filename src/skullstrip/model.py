@@ -11,6 +11,8 @@ which costs minutes on a CPU. Here the same idea runs where it is cheap:
   receptive field spans more than a head), where voxels are 64x fewer than at 1 mm;
 - trilinear upsampling back to 2 mm, concatenated with the stem features, and two
   2 mm convolutions that place the boundary;
+- optionally (``refine_dilations``) residual dilated 2 mm blocks after them, which give
+  the boundary decision a wider 2 mm context (e.g. dilations 1-2-4 see +/-14 voxels);
 - two outputs: signed distance (in units of ``DISTANCE_SCALE_MM``, positive outside)
   to the brain+CSF surface and to the brain without extracerebral CSF.
 
@@ -45,6 +47,9 @@ class ModelConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 8, 4, 2, 1)
     fine_channels: int = 12
     fine_layers: int = 2
+    # residual 2 mm blocks after the fine layers; each is scaled by a zero-initialised
+    # scalar, so adding them to a trained network leaves its output unchanged at first
+    refine_dilations: tuple[int, ...] = ()
     outputs: int = 2
     norm: str = "none"  # "none" or "instance"
 
@@ -55,7 +60,17 @@ class ModelConfig:
     def from_dict(cls, values: dict) -> ModelConfig:
         values = dict(values)
         values["dilations"] = tuple(values["dilations"])
+        values["refine_dilations"] = tuple(values.get("refine_dilations", ()))
         return cls(**values)
+
+
+class ReZeroBlock(nn.Module):
+    """A dilated 3x3x3 convolution whose residual contribution starts at zero."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.scale = nn.Parameter(torch.zeros(()))
 
 
 class StripNet(nn.Module):
@@ -74,6 +89,7 @@ class StripNet(nn.Module):
             nn.Conv3d(c.core_channels + c.stem_channels, c.fine_channels, 3, padding=1),
             *(nn.Conv3d(c.fine_channels, c.fine_channels, 3, padding=1) for _ in range(c.fine_layers - 1)),
         )
+        self.refine = nn.ModuleList(ReZeroBlock(c.fine_channels, d) for d in c.refine_dilations)
         self.head = nn.Conv3d(c.fine_channels, c.outputs, 1)
         if c.norm not in ("none", "instance"):
             raise ValueError(f"norm must be 'none' or 'instance', not {c.norm!r}")
@@ -92,6 +108,8 @@ class StripNet(nn.Module):
         h = torch.cat([h, stem], dim=1)
         for layer in self.fine:
             h = self._act(layer(h))
+        for block in self.refine:
+            h = h + block.scale * self._act(block.conv(h))
         return self.head(h)
 
 
@@ -104,7 +122,7 @@ def flops_per_voxel(config: ModelConfig) -> float:
     c = config
     k = 27
     fine = k * (1 * c.stem_channels + (c.core_channels + c.stem_channels) * c.fine_channels
-                + (c.fine_layers - 1) * c.fine_channels**2)
+                + (c.fine_layers - 1 + len(c.refine_dilations)) * c.fine_channels**2)
     fine += c.fine_channels * c.outputs
     coarse = k * (c.stem_channels * c.core_channels + len(c.dilations) * c.core_channels**2) / 8
     return 2.0 * (fine + coarse)

@@ -53,6 +53,9 @@ class TrainConfig:
     # atrophy of each BrainWeb subject, drawn from these thicknesses (synth.atrophy);
     # run3 used [0, 0, 1, 2] and its network then took bright scalp fat for CSF on T2/T1
     atrophy_mm: list[int] = field(default_factory=lambda: [0])
+    # checkpoint whose network weights start this run (the optimiser and step start
+    # afresh); layers the checkpoint lacks, e.g. new refine blocks, keep their own init
+    init_from: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -179,6 +182,8 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
         step = state["step"]
     elif checkpoint_path.exists():
         raise FileExistsError(f"{checkpoint_path} exists: pass --resume to continue it, or choose another --out")
+    elif config.init_from is not None:
+        initialise_from(model, config.init_from)
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
 
     train_paths, validation_paths = split_label_maps(labels_dir, config.validation_subjects)
@@ -238,6 +243,21 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     save_checkpoint(checkpoint_path, model, optimiser, step, config)
     plot_curves(out_dir / "log.csv", out_dir / "curves.png")
     return checkpoint_path
+
+
+def initialise_from(model: StripNet, checkpoint_path: str | Path) -> list[str]:
+    """Copy a checkpoint's network weights into ``model``; returns the layers it lacked.
+
+    Used to grow a trained network (e.g. add zero-initialised refine blocks) without
+    starting over. Every weight of the checkpoint must fit the model: a changed layer
+    shape or a layer the model does not have is an error, not a silent partial load.
+    """
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    result = model.load_state_dict(state["model"], strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{checkpoint_path} has layers this model lacks: {result.unexpected_keys}")
+    print(f"initialised from {checkpoint_path} (step {state['step']}); new layers: {result.missing_keys}", flush=True)
+    return list(result.missing_keys)
 
 
 def _stop_requested(out_dir: Path) -> bool:
