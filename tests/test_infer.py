@@ -122,6 +122,15 @@ def test_api_rejects_bad_arrays():
         skullstrip.strip((np.ones((10, 10, 10)), np.eye(4)), boarder=1)
 
 
+def test_options_with_keeps_defaults_for_unset_settings():
+    from skullstrip.infer import StripOptions, options_with
+
+    options = options_with(border_mm=None, opening_mm=2.0, fill=None)
+    assert options.border_mm == StripOptions().border_mm and options.fill is None
+    assert options.opening_mm == 2.0
+    assert options_with(border_mm=-1.5).border_mm == -1.5
+
+
 def skullstrip_cli(arguments: list[str]) -> None:
     from skullstrip.cli import main
 

@@ -69,10 +69,14 @@ class StripOptions:
     mirror_average: bool = False
 
 
+def options_with(**settings: object) -> StripOptions:
+    """``StripOptions`` with the given settings; a setting of None keeps the default.
 
-def options_with(**settings) -> StripOptions:
-    """``StripOptions`` with the given settings; a setting of None keeps the default."""
+    The command line passes every flag, given or not; this keeps the model's defaults
+    (e.g. its border) in one place, ``StripOptions``.
+    """
     return StripOptions(**{name: value for name, value in settings.items() if value is not None})
+
 
 @dataclass
 class Result:
