@@ -65,7 +65,11 @@ class ModelConfig:
 
 
 class ReZeroBlock(nn.Module):
-    """A dilated 3x3x3 convolution whose residual contribution starts at zero."""
+    """A dilated 3x3x3 convolution whose residual contribution starts at zero.
+
+    One module per block (not one scale vector like the core's) so that a network without
+    refine blocks has exactly the state-dict keys of the checkpoints made before them.
+    """
 
     def __init__(self, channels: int, dilation: int) -> None:
         super().__init__()

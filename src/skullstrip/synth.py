@@ -413,8 +413,7 @@ class TrilinearSampler:
 
         The pairs are read as complex64 numbers, so each corner is one 1D gather.
         """
-        packed = self._blend(np.ascontiguousarray(volume).view(np.complex64).ravel(), outside * (1 + 1j),
-                             np.complex64)
+        packed = self._blend(np.ascontiguousarray(volume).view(np.complex64).ravel(), outside * (1 + 1j))
         return packed.real.copy(), packed.imag.copy()
 
     def labels_to_values(self, labels: np.ndarray, table: np.ndarray, outside: float) -> np.ndarray:
@@ -436,10 +435,10 @@ class TrilinearSampler:
         result[~self.inside] = outside
         return result
 
-    def _blend(self, flat: np.ndarray, outside: complex, dtype: type) -> np.ndarray:
+    def _blend(self, flat: np.ndarray, outside: complex) -> np.ndarray:
         # gathers into reused buffers: fresh full-size temporaries per corner cost ~20 %
-        result = np.zeros(len(self.inside), dtype=dtype)
-        values = np.empty(len(self.inside), dtype=dtype)
+        result = np.zeros(len(self.inside), dtype=flat.dtype)
+        values = np.empty(len(self.inside), dtype=flat.dtype)
         for corner, weight in zip(self.corners, self.weights):
             np.take(flat, corner, out=values)
             values *= weight
@@ -853,8 +852,7 @@ class SyntheticHeads:
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
         # partial volume: the image is interpolated from the 1 mm tissue intensities
-        image = sampler.labels_to_values(anatomy.labels, contrast.means.astype(np.float32),
-                                         outside=contrast.means[AIR]).reshape(shape)
+        image = sampler.labels_to_values(anatomy.labels, contrast.means, outside=contrast.means[AIR]).reshape(shape)
         labels = sampler.nearest(anatomy.labels, outside=AIR).reshape(shape)
         image += contrast.texture(labels, rng)
         to_output_mm = np.float32(transform.mm_per_label_mm)
