@@ -172,3 +172,61 @@ def test_atrophy_widens_csf_without_moving_the_brain_mask(procedural_anatomy):
     assert nocsf_widened.sum() < 0.95 * nocsf.sum() and not (nocsf_widened & ~nocsf).any()
     changed = widened != labels
     assert (widened[changed] == synth.CSF).all() and np.isin(labels[changed], (synth.GM, synth.WM)).all()
+
+
+def test_tissue_regions_keep_the_labels_and_cut_the_head_into_all_regions(procedural_anatomy):
+    labels = procedural_anatomy.labels
+    regions = synth.tissue_regions(labels, np.random.default_rng(5))
+    assert regions.dtype == np.uint8 and regions.shape == labels.shape
+    np.testing.assert_array_equal(regions // synth.N_REGIONS, labels)
+    sizes = np.bincount((regions % synth.N_REGIONS)[labels != synth.AIR], minlength=synth.N_REGIONS)
+    assert (sizes > 0.002 * sizes.sum()).all()  # every region holds a real part of the head
+    np.testing.assert_array_equal(synth.tissue_regions(labels, np.random.default_rng(5)), regions)
+    assert not np.array_equal(synth.tissue_regions(labels, np.random.default_rng(6)), regions)
+    with pytest.raises(ValueError, match="below 12"):
+        synth.tissue_regions(np.full((8, 8, 8), 12, np.uint8), np.random.default_rng(0))
+
+
+def test_uniform_regional_contrast_gives_the_per_label_image(procedural_anatomy):
+    means = np.random.default_rng(0).uniform(0, 1, synth.N_LABELS)
+    coords = np.random.default_rng(1).uniform(0, np.asarray(procedural_anatomy.labels.shape)[:, None] - 1, (3, 5000))
+    sampler = synth.TrilinearSampler(coords, procedural_anatomy.labels.shape)
+    by_label = sampler.labels_to_values(procedural_anatomy.labels, means, outside=0.0)
+    by_region = sampler.labels_to_values(procedural_anatomy.regions, synth.RegionalContrast.uniform(means).table, 0.0)
+    np.testing.assert_allclose(by_region, by_label, rtol=1e-6)
+
+
+def test_regional_contrast_changes_only_the_non_brain_tissues():
+    config = synth.config_with(p_regional_contrast=1.0, regional_std=0.3, p_region_random=0.2)
+    rng = np.random.default_rng(3)
+    contrast = synth.sample_tissue_contrast(rng, "mri")
+    offsets = synth.sample_regional_contrast(rng, contrast, config).offsets(contrast.means)
+    brain = [synth.AIR, synth.CSF, synth.GM, synth.WM, synth.VESSEL]
+    assert not offsets[brain].any()
+    regional = list(synth.REGIONAL_TISSUES)
+    assert (offsets[regional].std(axis=1) > 0).all()  # each tissue differs between regions
+    ct = synth.sample_tissue_contrast(rng, "ct")
+    assert not synth.sample_regional_contrast(rng, ct, config).offsets(ct.means).any()
+
+
+def test_regional_contrast_off_draws_no_random_number():
+    rng, twin = np.random.default_rng(9), np.random.default_rng(9)
+    contrast = synth.sample_tissue_contrast(rng, "mri")
+    synth.sample_tissue_contrast(twin, "mri")
+    regional = synth.sample_regional_contrast(rng, contrast, synth.SynthConfig())
+    np.testing.assert_array_equal(regional.table, synth.RegionalContrast.uniform(contrast.means).table)
+    assert rng.random() == twin.random()  # older recipes replay the same samples
+
+
+def test_regional_image_keeps_the_brain_and_varies_muscle_across_the_head(procedural_anatomy):
+    config = synth.config_with(p_regional_contrast=1.0, regional_std=0.3)
+    rng = np.random.default_rng(4)
+    contrast = synth.sample_tissue_contrast(rng, "mri")
+    regional = synth.sample_regional_contrast(rng, contrast, config)
+    labels = procedural_anatomy.labels
+    grid = np.indices(labels.shape).reshape(3, -1).astype(np.float32)  # voxel centres: no blending
+    image = synth.TrilinearSampler(grid, labels.shape).labels_to_values(procedural_anatomy.regions, regional.table, 0.0)
+    image = image.reshape(labels.shape)
+    for tissue in (synth.CSF, synth.GM, synth.WM):
+        np.testing.assert_allclose(image[labels == tissue], contrast.means[tissue], rtol=1e-6)
+    assert len(np.unique(image[labels == synth.MUSCLE])) > 4

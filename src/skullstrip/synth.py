@@ -17,8 +17,10 @@ Pipeline of one sample (``SyntheticHeads.sample``):
 2. ``SpatialTransform``: affine (rotation, scale, shear, shift) plus a smooth nonlinear
    displacement, mapping the output grid into the label map;
 3. ``TissueContrast``: one intensity per label drawn from a modality family (random
-   GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like),
-   applied on the 1 mm labels and sampled with linear interpolation (partial volume);
+   GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like);
+   ``RegionalContrast`` then lets each non-brain tissue take other intensities in
+   different parts of the head, and the result is applied on the 1 mm labels and
+   sampled with linear interpolation (partial volume);
 4. resolution and artefacts at the output grid: ``Resolution`` (blur, thick slices),
    ``EpiDistortion``, ``Dropout``, ``BiasField``, ``Ghosting``, ``Noise``, ``Gamma``,
    ``Quantisation``, ``FieldOfViewCut``;
@@ -46,6 +48,12 @@ from skullstrip.postprocess import largest_component
 # BrainWeb tissue labels (see shared data README); procedural heads use the same values.
 AIR, CSF, GM, WM, FAT, MUSCLE, SKIN, SKULL, VESSEL, CONNECTIVE, DURA, MARROW = range(12)
 N_LABELS = 12
+# Each anatomy is cut into this many random regions (:func:`tissue_regions`); label * 16
+# + region still fits in uint8 with BrainWeb's 12 labels.
+N_REGIONS = 16
+# Non-brain tissues whose intensity may change from one region of the head to another
+# (the face and neck hold many tissues that BrainWeb lumps into these few labels).
+REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
 MODALITIES = ("mri", "ct", "pet", "epi", "mra")
 
@@ -76,6 +84,11 @@ class SynthConfig:
     p_fov_cut: float = 0.3
     p_deface: float = 0.25  # research and clinical data are often defaced
     p_skull_stripped: float = 0.06  # inputs another tool already stripped
+    # per-region intensities of the non-brain tissues (RegionalContrast); off by default
+    # so that the recipes of the runs trained before it existed still reproduce
+    p_regional_contrast: float = 0.0
+    regional_std: float = 0.25  # largest SD of a tissue's regional offsets ([0, 1] scale)
+    p_region_random: float = 0.15  # chance that a (tissue, region) takes any intensity
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -95,6 +108,9 @@ class Anatomy:
     # one gather per corner fetches both targets
     sdts: np.ndarray
     name: str
+    # uint8 label * N_REGIONS + region (:func:`tissue_regions`): the map the image's
+    # intensities are read from, so that a tissue can look different in each region
+    regions: np.ndarray
 
     @property
     def sdt_brain(self) -> np.ndarray:
@@ -255,12 +271,40 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     brain, nocsf = brain_masks_from_labels(labels)
     brain = cut_below_brainstem(brain)
     nocsf = nocsf & brain
+    labels = labels.astype(np.uint8)
     return Anatomy(
-        labels=labels.astype(np.uint8),
+        labels=labels,
         sdts=np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
                      -SDT_CLIP_MM, SDT_CLIP_MM),
         name=name,
+        # seeded by the name: every run and worker cuts a subject's head the same way
+        regions=tissue_regions(labels, np.random.default_rng(zlib.crc32(name.encode()) + 1)),
     )
+
+
+def tissue_regions(labels: np.ndarray, rng: np.random.Generator, cell_mm: int = 2) -> np.ndarray:
+    """``label * N_REGIONS + region``: the head cut into N_REGIONS random blobs.
+
+    The regions are the Voronoi cells of random points in the head, with their borders
+    bent by a smooth random displacement so that they do not look like planes. They are
+    computed on a ``cell_mm`` grid (the cells are tens of mm wide) and repeated to 1 mm.
+    """
+    from scipy.spatial import cKDTree
+
+    if labels.max() >= N_LABELS:
+        raise ValueError(f"labels must be below {N_LABELS}, found {labels.max()}")
+    coarse_shape = tuple(-(-n // cell_mm) for n in labels.shape)
+    head = np.argwhere(labels[::cell_mm, ::cell_mm, ::cell_mm] != AIR)
+    seeds = head[rng.choice(len(head), N_REGIONS, replace=len(head) < N_REGIONS)]
+    seeds = seeds + rng.uniform(-0.5, 0.5, seeds.shape)
+    points = np.indices(coarse_shape, dtype=np.float32).reshape(3, -1)
+    bend = max(coarse_shape) / 12  # about a quarter of a region's width
+    points += np.stack([_smooth_noise(rng, coarse_shape, control=4, amplitude=bend).ravel() for _ in range(3)])
+    region = cKDTree(seeds).query(points.T)[1].astype(np.uint8).reshape(coarse_shape)
+    for axis in range(3):
+        region = np.repeat(region, cell_mm, axis=axis)
+    region = region[: labels.shape[0], : labels.shape[1], : labels.shape[2]]
+    return (labels * N_REGIONS + region).astype(np.uint8)
 
 
 def load_label_map(path: str | Path) -> np.ndarray:
@@ -541,6 +585,52 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueCon
     else:
         raise ValueError(f"unknown modality family {modality!r}; choose from {MODALITIES}")
     return TissueContrast(means=means, stds=stds, modality=modality)
+
+
+@dataclass(frozen=True)
+class RegionalContrast:
+    """The intensity of each (tissue, region) pair: a table indexed by ``Anatomy.regions``.
+
+    SynthStrip synthesises from label maps with dozens of non-brain labels, so the face
+    and neck show many independent intensities. BrainWeb has a handful (fat, muscle,
+    skin, skull, ...), each then one intensity over the whole head, and a network can
+    learn that anything with muscle's intensity is not brain. In real T1w scans the
+    neck and skull-base tissues take grey- and white-matter-like values in places; this
+    augmentation shows it such heads. Brain tissues (CSF, GM, WM, vessels) keep one
+    intensity everywhere, so the brain itself still looks like one organ.
+    """
+
+    table: np.ndarray  # (N_LABELS * N_REGIONS,)
+
+    @classmethod
+    def uniform(cls, means: np.ndarray) -> RegionalContrast:
+        """Every region of a tissue at the tissue's mean: the image of ``means[labels]``."""
+        return cls(np.repeat(np.asarray(means, dtype=np.float64), N_REGIONS))
+
+    def offsets(self, means: np.ndarray) -> np.ndarray:
+        """(N_LABELS, N_REGIONS) difference from the tissue means (for tests and plots)."""
+        return self.table.reshape(N_LABELS, N_REGIONS) - np.asarray(means)[:, None]
+
+
+def sample_regional_contrast(rng: np.random.Generator, contrast: TissueContrast,
+                             config: SynthConfig) -> RegionalContrast:
+    """Regional intensities for the non-brain tissues, with ``p_regional_contrast``.
+
+    Each tissue of :data:`REGIONAL_TISSUES` gets a Gaussian offset per region (SD drawn up
+    to ``regional_std``), and each (tissue, region) pair takes any intensity in [0, 1]
+    with ``p_region_random``. CT keeps one value per tissue: Hounsfield units are
+    physical, and soft tissues really are brain-like there already.
+    """
+    # with the probability at 0 no number is drawn, so older recipes replay exactly
+    if contrast.modality == "ct" or config.p_regional_contrast <= 0 or rng.random() >= config.p_regional_contrast:
+        return RegionalContrast.uniform(contrast.means)
+    table = np.repeat(contrast.means[:, None], N_REGIONS, axis=1)
+    rows = list(REGIONAL_TISSUES)
+    spread = rng.uniform(0, config.regional_std)
+    table[rows] += rng.normal(0, spread, (len(rows), N_REGIONS))
+    anything = rng.random((len(rows), N_REGIONS)) < config.p_region_random
+    table[rows] = np.where(anything, rng.uniform(0, 1, (len(rows), N_REGIONS)), table[rows])
+    return RegionalContrast(np.clip(table, 0, None).ravel())
 
 
 def _mri_family_means(rng: np.random.Generator, family: str) -> np.ndarray:
@@ -849,10 +939,11 @@ class SyntheticHeads:
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
         contrast = sample_tissue_contrast(rng, modality)
+        regional = sample_regional_contrast(rng, contrast, config)
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
         # partial volume: the image is interpolated from the 1 mm tissue intensities
-        image = sampler.labels_to_values(anatomy.labels, contrast.means, outside=contrast.means[AIR]).reshape(shape)
+        image = sampler.labels_to_values(anatomy.regions, regional.table, outside=contrast.means[AIR]).reshape(shape)
         labels = sampler.nearest(anatomy.labels, outside=AIR).reshape(shape)
         image += contrast.texture(labels, rng)
         to_output_mm = np.float32(transform.mm_per_label_mm)
