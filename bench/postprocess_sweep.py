@@ -1,12 +1,13 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
-Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE]
+Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
 ../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
 the native grid (the network is deterministic, so settings differ only in the cleaning;
 it runs once per setting to measure exactly what users get). Writes
-bench/results/postprocess_sweep.md (mean, min and per modality per setting) and .csv.
+bench/results/NAME.md (mean, min and per modality per setting) and .csv; NAME is
+postprocess_sweep unless ``--name`` gives another (e.g. for weights that are not shipped).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--borders", default="0,1")
     parser.add_argument("--openings", default="0,3,5")
     parser.add_argument("--model")
+    parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
     settings = list(itertools.product(floats(args.borders), floats(args.openings)))
     rows = []
@@ -49,14 +51,15 @@ def main() -> None:
             print(f"{case.case:32s} border {border:g} opening {opening:g}: Dice {metrics['dice']:.4f}", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / "postprocess_sweep.csv").open("w", newline="") as handle:
+    with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     modalities = sorted({row["modality"] for row in rows})
     lines = ["# Post-processing settings on the shared real scans", "",
              f"Command: `python bench/postprocess_sweep.py --borders {args.borders} --openings {args.openings}`"
-             + (f" `--model {args.model}`" if args.model else ""), "",
+             + (f" `--model {args.model}`" if args.model else "")
+             + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
              "| border mm | opening mm | mean Dice | min Dice | mean HD95 mm | " + " | ".join(modalities) + " |",
              "|---|---|---|---|---|" + "---|" * len(modalities)]
     for border, opening in settings:
@@ -66,7 +69,7 @@ def main() -> None:
         lines.append(f"| {border:g} | {opening:g} | {dice.mean():.4f} | {dice.min():.4f} | "
                      f"{np.mean([r['hd95_mm'] for r in chosen]):.2f} | "
                      + " | ".join(f"{value:.4f}" for value in per_modality) + " |")
-    (RESULTS / "postprocess_sweep.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -287,7 +287,7 @@ def tissue_regions(labels: np.ndarray, rng: np.random.Generator, cell_mm: int = 
 
     The regions are the Voronoi cells of random points in the head, with their borders
     bent by a smooth random displacement so that they do not look like planes. They are
-    computed on a ``cell_mm`` grid (the cells are tens of mm wide) and repeated to 1 mm.
+    computed on a ``cell_mm`` grid (the regions are tens of mm wide) and repeated to 1 mm.
     """
     from scipy.spatial import cKDTree
 
