@@ -57,7 +57,7 @@ def main() -> None:
         writer.writerows(rows)
     modalities = sorted({row["modality"] for row in rows})
     lines = ["# Post-processing settings on the shared real scans", "",
-             f"Command: `python bench/postprocess_sweep.py --borders {args.borders} --openings {args.openings}`"
+             f"Command: `python bench/postprocess_sweep.py --borders={args.borders} --openings {args.openings}`"
              + (f" `--model {args.model}`" if args.model else "")
              + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
              "| border mm | opening mm | mean Dice | min Dice | mean HD95 mm | " + " | ".join(modalities) + " |",

@@ -58,7 +58,7 @@ class StripOptions:
     border_mm: float = -1.5
     # cut bridges thinner than twice this (mm) between the brain and what the network
     # wrongly joined to it (neck, orbits); 0 keeps the whole largest component. 4 mm:
-    # mean Dice 0.9177 -> 0.9186 on the shared real scans (bench/results/postprocess_sweep.md)
+    # mean Dice 0.9290 -> 0.9296 at border -1.5 (bench/results/postprocess_sweep_openings.md)
     opening_mm: float = 4.0
     no_csf: bool = False
     volumes: str = "mean"  # 4D: "mean", "first" or "each"
