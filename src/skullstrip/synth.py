@@ -607,10 +607,6 @@ class RegionalContrast:
         """Every region of a tissue at the tissue's mean: the image of ``means[labels]``."""
         return cls(np.repeat(np.asarray(means, dtype=np.float64), N_REGIONS))
 
-    def offsets(self, means: np.ndarray) -> np.ndarray:
-        """(N_LABELS, N_REGIONS) difference from the tissue means (for tests and plots)."""
-        return self.table.reshape(N_LABELS, N_REGIONS) - np.asarray(means)[:, None]
-
 
 def sample_regional_contrast(rng: np.random.Generator, contrast: TissueContrast,
                              config: SynthConfig) -> RegionalContrast:
