@@ -1,13 +1,16 @@
 """Time the synthetic generator: seconds per training sample, per modality family.
 
 Usage: python bench/synth_speed.py [--labels ../shared/data/labelmaps/brainweb] [--n 10]
+                                   [--config training/runN/config.json]
 Writes bench/results/synth_speed.md. Runs numpy/scipy on one core (the training worker's
-budget); the target is <= 0.3 s for a 96^3 sample.
+budget); the target is <= 0.3 s for a 96^3 sample. ``--config`` times the generator
+settings of a training recipe (its optional augmentations on) instead of the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -16,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from skullstrip import synth
+from skullstrip.train import TrainConfig
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--labels", help="BrainWeb label maps (default: procedural heads)")
     parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--config", help="a training recipe whose generator settings to time")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "synth_speed.md"))
     args = parser.parse_args()
 
@@ -29,14 +34,17 @@ def main() -> None:
     anatomies = (synth.load_anatomies(synth.brainweb_paths(args.labels)[:2]) if args.labels
                  else synth.procedural_anatomies(2))
     load_seconds = (time.perf_counter() - clock) / len(anatomies)
+    settings = TrainConfig.load(args.config).synth_config() if args.config else synth.SynthConfig()
+    options = (f"--labels {args.labels} " if args.labels else "") + (f"--config {args.config} " if args.config else "")
     lines = ["# Synthetic generator speed", "",
-             f"Command: `python bench/synth_speed.py {'--labels ' + args.labels if args.labels else ''} --n {args.n}`",
+             f"Command: `python bench/synth_speed.py {options}--n {args.n}`",
+             f"Generator settings: {'those of ' + args.config if args.config else 'the defaults'}",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"anatomy: {'BrainWeb' if args.labels else 'procedural'} "
              f"(preparing one anatomy: {load_seconds:.1f} s, once per worker)", "",
              "| sample shape | modality | mean s/sample | max s/sample |", "|---|---|---|---|"]
     for shape in ((80, 80, 80), (96, 96, 96)):
-        generator = synth.SyntheticHeads(anatomies, synth.config_with(shape=shape))
+        generator = synth.SyntheticHeads(anatomies, dataclasses.replace(settings, shape=shape, shape_range=None))
         generator.sample(0)  # warm caches
         for modality in (*synth.MODALITIES, None):
             times = []

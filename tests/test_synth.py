@@ -235,3 +235,82 @@ def test_regional_image_keeps_the_brain_and_varies_muscle_across_the_head(proced
     for tissue in (synth.CSF, synth.GM, synth.WM):
         np.testing.assert_allclose(image[labels == tissue], contrast.means[tissue], rtol=1e-6)
     assert len(np.unique(image[labels == synth.MUSCLE])) > 4
+
+
+def shelled_head() -> np.ndarray:
+    """Concentric shells along x: brain, CSF, 2 mm of skull, 10 mm of scalp, air."""
+    radius = np.abs(np.arange(-40, 41))[:, None, None] * np.ones((1, 6, 6))
+    labels = np.full(radius.shape, synth.AIR, np.uint8)
+    labels[radius < 38] = synth.SKIN
+    labels[radius < 28] = synth.SKULL
+    labels[radius < 26] = synth.CSF
+    labels[radius < 22] = synth.GM
+    return labels
+
+
+def test_scalp_depth_counts_mm_from_the_skull_and_spares_the_skin():
+    labels = shelled_head()
+    depth = synth.scalp_depth_mm(labels, max_mm=8, skin_mm=2)[:, 0, 0]
+    centre = 40
+    np.testing.assert_array_equal(depth[centre + 28: centre + 36], np.arange(1, 9))  # 1..8 mm outwards
+    assert not depth[centre + 36:].any()  # beyond max_mm, the skin and the air
+    assert not depth[centre - 27: centre + 28].any()  # skull, CSF and brain
+    np.testing.assert_array_equal(depth[::-1], depth)  # both sides alike
+
+
+def test_skull_thickening_grows_diploe_then_outer_table_and_keeps_brain_and_regions():
+    labels = shelled_head()
+    regions = (labels * synth.N_REGIONS + (np.arange(labels.size) % 5).reshape(labels.shape)).astype(np.uint8)
+    depth = synth.scalp_depth_mm(labels)
+    grown = synth.SkullThickening(thickness_mm=5, outer_table_mm=2)(regions, depth)
+    tissue = grown // synth.N_REGIONS
+    np.testing.assert_array_equal(grown % synth.N_REGIONS, regions % synth.N_REGIONS)
+    row = tissue[:, 0, 0][40:]
+    assert list(row[26:28]) == [synth.SKULL] * 2  # the original inner table
+    assert list(row[28:31]) == [synth.MARROW] * 3 and list(row[31:33]) == [synth.SKULL] * 2
+    assert row[33] == synth.SKIN
+    untouched = depth == 0
+    np.testing.assert_array_equal(grown[untouched], regions[untouched])
+    np.testing.assert_array_equal(synth.SkullThickening(0, 0)(regions, depth), regions)
+
+
+def test_skull_thickening_off_draws_nothing_and_on_stays_in_range():
+    rng, twin = np.random.default_rng(2), np.random.default_rng(2)
+    assert synth.sample_skull_thickening(rng, synth.SynthConfig()) is None
+    assert rng.random() == twin.random()
+    config = synth.config_with(p_skull_thickening=1.0, skull_thickening_mm=(3, 4))
+    for seed in range(20):
+        thickening = synth.sample_skull_thickening(np.random.default_rng(seed), config)
+        assert 3 <= thickening.thickness_mm <= 4 and 1 <= thickening.outer_table_mm <= 2
+
+
+def test_thicker_skull_changes_the_image_but_not_the_targets(procedural_anatomy):
+    images, targets = [], []
+    for thickness in ((0, 0), (6, 6)):
+        config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_skull_thickening=1.0,
+                                   skull_thickening_mm=thickness)
+        sample = synth.SyntheticHeads([procedural_anatomy], config).sample(5, "mri")
+        images.append(sample.image)
+        targets.append(sample.sdt_brain)
+    np.testing.assert_array_equal(targets[0], targets[1])
+    assert not np.array_equal(images[0], images[1])
+
+
+def test_brainlike_bone_greys_skull_and_marrow_of_mri_only():
+    config = synth.config_with(p_brainlike_bone=1.0)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        contrast = synth.sample_tissue_contrast(rng, "mri")
+        bone = synth.sample_brainlike_bone(rng, contrast, config).means
+        low, high = sorted(contrast.means[[synth.GM, synth.WM]])
+        assert low - 0.15 <= bone[synth.MARROW] <= high + 0.15
+        assert 0.5 * bone[synth.MARROW] - 1e-9 <= bone[synth.SKULL] <= bone[synth.MARROW] + 1e-9
+        others = np.setdiff1d(np.arange(synth.N_LABELS), [synth.SKULL, synth.MARROW])
+        np.testing.assert_array_equal(bone[others], contrast.means[others])
+    ct = synth.sample_tissue_contrast(np.random.default_rng(0), "ct")
+    assert synth.sample_brainlike_bone(np.random.default_rng(0), ct, config) is ct
+    rng, twin = np.random.default_rng(4), np.random.default_rng(4)
+    mri = synth.sample_tissue_contrast(rng, "mri")
+    synth.sample_tissue_contrast(twin, "mri")
+    assert synth.sample_brainlike_bone(rng, mri, synth.SynthConfig()) is mri
+    assert rng.random() == twin.random()

@@ -19,7 +19,8 @@ Pipeline of one sample (``SyntheticHeads.sample``):
 3. ``TissueContrast``: one intensity per label drawn from a modality family (random
    GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like);
    ``RegionalContrast`` then lets each non-brain tissue take other intensities in
-   different parts of the head, and the result is applied on the 1 mm labels and
+   different parts of the head, ``SkullThickening`` grows the thin BrainWeb skull into
+   the scalp, and the result is applied on the 1 mm labels and
    sampled with linear interpolation (partial volume);
 4. resolution and artefacts at the output grid: ``Resolution`` (blur, thick slices),
    ``EpiDistortion``, ``Dropout``, ``BiasField``, ``Ghosting``, ``Noise``, ``Gamma``,
@@ -89,6 +90,11 @@ class SynthConfig:
     p_regional_contrast: float = 0.0
     regional_std: float = 0.25  # largest SD of a tissue's regional offsets ([0, 1] scale)
     p_region_random: float = 0.15  # chance that a (tissue, region) takes any intensity
+    # a thicker skull grown into the scalp (SkullThickening); off by default for the same
+    # reason as p_regional_contrast
+    p_skull_thickening: float = 0.0
+    skull_thickening_mm: tuple[int, int] = (2, 6)
+    p_brainlike_bone: float = 0.0  # MRI bone as grey as the brain (sample_brainlike_bone)
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -111,6 +117,9 @@ class Anatomy:
     # uint8 label * N_REGIONS + region (:func:`tissue_regions`): the map the image's
     # intensities are read from, so that a tissue can look different in each region
     regions: np.ndarray
+    # uint8 mm from the skull into the scalp (:func:`scalp_depth_mm`), 0 elsewhere: where
+    # SkullThickening may grow bone
+    scalp_depth: np.ndarray
 
     @property
     def sdt_brain(self) -> np.ndarray:
@@ -267,6 +276,21 @@ def atrophy(labels: np.ndarray, thickness_mm: int) -> np.ndarray:
     return widened
 
 
+def scalp_depth_mm(labels: np.ndarray, max_mm: int = 8, skin_mm: int = 2) -> np.ndarray:
+    """Distance (whole mm, 1..max_mm) from the skull into the soft tissue outside it.
+
+    0 for every other voxel: the skull itself, the brain side, air, and the outer
+    ``skin_mm`` of the head (grown bone never reaches the surface; where the head is cut
+    by the array's edge there is no skin). 1 mm label maps.
+    """
+    bone = np.isin(labels, (SKULL, MARROW))
+    below_skin = ndi.binary_erosion(labels != AIR, iterations=skin_mm, border_value=1)
+    soft = np.isin(labels, (FAT, MUSCLE, SKIN, CONNECTIVE)) & below_skin
+    distance = ndi.distance_transform_edt(~bone)
+    depth = np.where(soft & (distance <= max_mm), np.ceil(distance), 0)
+    return depth.astype(np.uint8)
+
+
 def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     brain, nocsf = brain_masks_from_labels(labels)
     brain = cut_below_brainstem(brain)
@@ -279,6 +303,7 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
         name=name,
         # seeded by the name: every run and worker cuts a subject's head the same way
         regions=tissue_regions(labels, np.random.default_rng(zlib.crc32(name.encode()) + 1)),
+        scalp_depth=scalp_depth_mm(labels),
     )
 
 
@@ -587,6 +612,25 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueCon
     return TissueContrast(means=means, stds=stds, modality=modality)
 
 
+def sample_brainlike_bone(rng: np.random.Generator, contrast: TissueContrast,
+                          config: SynthConfig) -> TissueContrast:
+    """With ``p_brainlike_bone`` (MRI only), skull and marrow take the brain's intensity.
+
+    Cortical bone gives no MR signal, but in clinical T1w scans the vault's diploe is as
+    grey as the cortex and partial volume with it greys the thin tables: the band between
+    brain and scalp fat then looks like more brain, and only a thin CSF line and the
+    band's shape say otherwise. Marrow is drawn between the grey- and white-matter values,
+    the tables at 50-100 % of the marrow's.
+    """
+    # with the probability at 0 no number is drawn, so older recipes replay exactly
+    if contrast.modality != "mri" or config.p_brainlike_bone <= 0 or rng.random() >= config.p_brainlike_bone:
+        return contrast
+    means = contrast.means.copy()
+    means[MARROW] = rng.uniform(min(means[GM], means[WM]), max(means[GM], means[WM])) + rng.normal(0, 0.03)
+    means[SKULL] = means[MARROW] * rng.uniform(0.5, 1.0)
+    return dataclasses.replace(contrast, means=np.clip(means, 0, 1))
+
+
 @dataclass(frozen=True)
 class RegionalContrast:
     """The intensity of each (tissue, region) pair: a table indexed by ``Anatomy.regions``.
@@ -640,6 +684,40 @@ def _mri_family_means(rng: np.random.Generator, family: str) -> np.ndarray:
         "pd": [0.02, 0.8, 0.75, 0.6, 0.85, 0.45, 0.6, 0.05, 0.4, 0.6, 0.4, 0.6],
     }[family]
     return np.clip(np.asarray(base) + rng.normal(0, 0.07, N_LABELS), 0, 1)
+
+
+@dataclass(frozen=True)
+class SkullThickening:
+    """A thicker skull: bone grown ``thickness_mm`` from the skull into the scalp.
+
+    BrainWeb's vault is 2-3 mm of bone under 6-9 mm of scalp; an adult skull is 5-8 mm,
+    an inner and an outer table around a diploe of marrow. In T1w the diploe is as grey
+    as the brain and the tables as dark as CSF, so a network that has only seen thin
+    skulls takes the whole band for CSF and cortex and draws the mask out to the scalp
+    fat. The grown bone is marrow (diploe) then ``outer_table_mm`` of cortical bone. The
+    brain and its targets do not change; the skin stays (see :func:`scalp_depth_mm`).
+    """
+
+    thickness_mm: int
+    outer_table_mm: int
+
+    def __call__(self, regions: np.ndarray, scalp_depth: np.ndarray) -> np.ndarray:
+        """``Anatomy.regions`` with the grown bone; each voxel keeps its region."""
+        region = regions % N_REGIONS
+        grown = (scalp_depth > 0) & (scalp_depth <= self.thickness_mm)
+        outer = grown & (scalp_depth > self.thickness_mm - self.outer_table_mm)
+        bone = np.where(outer, SKULL * N_REGIONS, MARROW * N_REGIONS).astype(np.uint8) + region
+        return np.where(grown, bone, regions)
+
+
+def sample_skull_thickening(rng: np.random.Generator, config: SynthConfig) -> SkullThickening | None:
+    """With ``p_skull_thickening``, a thickness from ``skull_thickening_mm`` and a 1-2 mm outer table."""
+    # with the probability at 0 no number is drawn, so older recipes replay exactly
+    if config.p_skull_thickening <= 0 or rng.random() >= config.p_skull_thickening:
+        return None
+    low, high = config.skull_thickening_mm
+    thickness = int(rng.integers(low, high + 1))
+    return SkullThickening(thickness_mm=thickness, outer_table_mm=min(int(rng.integers(1, 3)), thickness))
 
 
 # -------------------------------------------------------------- resolution/artefacts
@@ -934,13 +1012,15 @@ class SyntheticHeads:
         transform = sample_spatial_transform(rng, config, anatomy)
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
-        contrast = sample_tissue_contrast(rng, modality)
+        contrast = sample_brainlike_bone(rng, sample_tissue_contrast(rng, modality), config)
         regional = sample_regional_contrast(rng, contrast, config)
+        thickening = sample_skull_thickening(rng, config)
+        regions = anatomy.regions if thickening is None else thickening(anatomy.regions, anatomy.scalp_depth)
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
         # partial volume: the image is interpolated from the 1 mm tissue intensities
-        image = sampler.labels_to_values(anatomy.regions, regional.table, outside=contrast.means[AIR]).reshape(shape)
-        labels = sampler.nearest(anatomy.labels, outside=AIR).reshape(shape)
+        image = sampler.labels_to_values(regions, regional.table, outside=contrast.means[AIR]).reshape(shape)
+        labels = (sampler.nearest(regions, outside=AIR) // N_REGIONS).reshape(shape)
         image += contrast.texture(labels, rng)
         to_output_mm = np.float32(transform.mm_per_label_mm)
         targets = [d.reshape(shape) * to_output_mm for d in sampler.value_pairs(anatomy.sdts, outside=SDT_CLIP_MM)]
