@@ -691,11 +691,12 @@ class SkullThickening:
     """A thicker skull: bone grown ``thickness_mm`` from the skull into the scalp.
 
     BrainWeb's vault is 2-3 mm of bone under 6-9 mm of scalp; an adult skull is 5-8 mm,
-    an inner and an outer table around a diploe of marrow. In T1w the diploe is as grey
-    as the brain and the tables as dark as CSF, so a network that has only seen thin
-    skulls takes the whole band for CSF and cortex and draws the mask out to the scalp
-    fat. The grown bone is marrow (diploe) then ``outer_table_mm`` of cortical bone. The
-    brain and its targets do not change; the skin stays (see :func:`scalp_depth_mm`).
+    an inner and an outer table around a diploe of marrow. In clinical T1w the diploe is
+    as grey as the brain, and masks of a network trained on thin skulls run out to the
+    scalp fat (run7 trained with this and :func:`sample_brainlike_bone`: FLAIR improved,
+    T1w did not; training/README.md). The grown bone is marrow (diploe) then
+    ``outer_table_mm`` of cortical bone. The brain and its targets do not change; the
+    skin stays (see :func:`scalp_depth_mm`).
     """
 
     thickness_mm: int
