@@ -262,7 +262,8 @@ def test_skull_thickening_grows_diploe_then_outer_table_and_keeps_brain_and_regi
     labels = shelled_head()
     regions = (labels * synth.N_REGIONS + (np.arange(labels.size) % 5).reshape(labels.shape)).astype(np.uint8)
     depth = synth.scalp_depth_mm(labels)
-    grown = synth.SkullThickening(thickness_mm=5, outer_table_mm=2)(regions, depth)
+    scalp = synth.scalp_by_depth(depth)
+    grown = synth.SkullThickening(thickness_mm=5, outer_table_mm=2)(regions, *scalp)
     tissue = grown // synth.N_REGIONS
     np.testing.assert_array_equal(grown % synth.N_REGIONS, regions % synth.N_REGIONS)
     row = tissue[:, 0, 0][40:]
@@ -271,7 +272,7 @@ def test_skull_thickening_grows_diploe_then_outer_table_and_keeps_brain_and_regi
     assert row[33] == synth.SKIN
     untouched = depth == 0
     np.testing.assert_array_equal(grown[untouched], regions[untouched])
-    np.testing.assert_array_equal(synth.SkullThickening(0, 0)(regions, depth), regions)
+    np.testing.assert_array_equal(synth.SkullThickening(0, 0)(regions, *scalp), regions)
 
 
 def test_skull_thickening_off_draws_nothing_and_on_stays_in_range():

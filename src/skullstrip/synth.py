@@ -117,9 +117,11 @@ class Anatomy:
     # uint8 label * N_REGIONS + region (:func:`tissue_regions`): the map the image's
     # intensities are read from, so that a tissue can look different in each region
     regions: np.ndarray
-    # uint8 mm from the skull into the scalp (:func:`scalp_depth_mm`), 0 elsewhere: where
-    # SkullThickening may grow bone
-    scalp_depth: np.ndarray
+    # where SkullThickening may grow bone: the flat indices of the scalp voxels and their
+    # depth below the skull (:func:`scalp_depth_mm`), nearest first, so a thickness picks
+    # a prefix instead of scanning the whole head on every sample
+    scalp_index: np.ndarray  # int64
+    scalp_depth: np.ndarray  # uint8, sorted
 
     @property
     def sdt_brain(self) -> np.ndarray:
@@ -296,6 +298,7 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     brain = cut_below_brainstem(brain)
     nocsf = nocsf & brain
     labels = labels.astype(np.uint8)
+    scalp_index, scalp_depth = scalp_by_depth(scalp_depth_mm(labels))
     return Anatomy(
         labels=labels,
         sdts=np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
@@ -303,8 +306,16 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
         name=name,
         # seeded by the name: every run and worker cuts a subject's head the same way
         regions=tissue_regions(labels, np.random.default_rng(zlib.crc32(name.encode()) + 1)),
-        scalp_depth=scalp_depth_mm(labels),
+        scalp_index=scalp_index,
+        scalp_depth=scalp_depth,
     )
+
+
+def scalp_by_depth(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices of the nonzero voxels of ``depth`` and their depths, nearest first."""
+    index = np.flatnonzero(depth)
+    index = index[np.argsort(depth.ravel()[index], kind="stable")]
+    return index, depth.ravel()[index]
 
 
 def tissue_regions(labels: np.ndarray, rng: np.random.Generator, cell_mm: int = 2) -> np.ndarray:
@@ -702,13 +713,18 @@ class SkullThickening:
     thickness_mm: int
     outer_table_mm: int
 
-    def __call__(self, regions: np.ndarray, scalp_depth: np.ndarray) -> np.ndarray:
-        """``Anatomy.regions`` with the grown bone; each voxel keeps its region."""
-        region = regions % N_REGIONS
-        grown = (scalp_depth > 0) & (scalp_depth <= self.thickness_mm)
-        outer = grown & (scalp_depth > self.thickness_mm - self.outer_table_mm)
-        bone = np.where(outer, SKULL * N_REGIONS, MARROW * N_REGIONS).astype(np.uint8) + region
-        return np.where(grown, bone, regions)
+    def __call__(self, regions: np.ndarray, scalp_index: np.ndarray, scalp_depth: np.ndarray) -> np.ndarray:
+        """``Anatomy.regions`` with the grown bone; each voxel keeps its region.
+
+        ``scalp_index``/``scalp_depth``: the scalp voxels sorted by depth (``Anatomy``).
+        """
+        grown = np.searchsorted(scalp_depth, self.thickness_mm, side="right")
+        index, depth = scalp_index[:grown], scalp_depth[:grown]
+        tissue = np.where(depth > self.thickness_mm - self.outer_table_mm, SKULL, MARROW).astype(np.uint8)
+        thickened = regions.copy()
+        flat = thickened.reshape(-1)
+        flat[index] = tissue * N_REGIONS + flat[index] % N_REGIONS
+        return thickened
 
 
 def sample_skull_thickening(rng: np.random.Generator, config: SynthConfig) -> SkullThickening | None:
@@ -1016,7 +1032,9 @@ class SyntheticHeads:
         contrast = sample_brainlike_bone(rng, sample_tissue_contrast(rng, modality), config)
         regional = sample_regional_contrast(rng, contrast, config)
         thickening = sample_skull_thickening(rng, config)
-        regions = anatomy.regions if thickening is None else thickening(anatomy.regions, anatomy.scalp_depth)
+        regions = anatomy.regions
+        if thickening is not None:
+            regions = thickening(regions, anatomy.scalp_index, anatomy.scalp_depth)
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
         # partial volume: the image is interpolated from the 1 mm tissue intensities
