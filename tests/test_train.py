@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from skullstrip import synth  # noqa: E402
 from skullstrip.infer import Model, load_model  # noqa: E402
-from skullstrip.model import ModelConfig, StripNet, count_parameters, flops_per_voxel  # noqa: E402
+from skullstrip.model import ModelConfig, StripNet, count_parameters, flops_per_voxel, shipped_weights  # noqa: E402
 from skullstrip.train import TrainConfig, export_weights, initialise_from, loss_function, train  # noqa: E402
 
 
@@ -108,6 +109,29 @@ def test_run_resume_and_export(tmp_path, label_dir):
     assert exported.shape == (2, 24, 28, 20)
     np.testing.assert_allclose(exported, reference, atol=1e-3)
     assert load_model(onnx_path).trained_steps == 5
+
+
+def test_moving_average_is_saved_resumed_and_exported(tmp_path, label_dir):
+    run = tmp_path / "run"
+    checkpoint = train(label_dir, run, replace(tiny_config(3), ema_decay=0.5, learning_rate=1e-2), progress=False)
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["ema_updates"] == 3
+    differences = [float((state["ema"][k] - state["model"][k]).abs().max()) for k in state["model"]]
+    assert max(differences) > 0  # the average lags behind the raw weights
+    assert shipped_weights(state) is state["ema"]
+
+    train(label_dir, run, replace(tiny_config(4), ema_decay=0.5, learning_rate=1e-2), resume=True, progress=False)
+    resumed = torch.load(checkpoint, weights_only=False)
+    assert resumed["ema_updates"] == 4
+    # one more update of the saved average: ema = 0.5 ema + 0.5 new raw weights
+    for key in state["model"]:
+        torch.testing.assert_close(resumed["ema"][key], 0.5 * state["ema"][key] + 0.5 * resumed["model"][key])
+
+    image = np.random.default_rng(1).random((24, 20, 22)).astype(np.float32)
+    averaged = StripNet(ModelConfig.from_dict(resumed["model_config"]))
+    averaged.load_state_dict(resumed["ema"])
+    np.testing.assert_allclose(load_model(export_weights(checkpoint, tmp_path / "m.onnx")).predict(image),
+                               Model.from_network(averaged.eval()).predict(image), atol=1e-3)
 
 
 def test_same_seed_same_first_batch(label_dir):

@@ -117,6 +117,15 @@ class StripNet(nn.Module):
         return self.head(h)
 
 
+def shipped_weights(checkpoint: dict) -> dict:
+    """The network weights a checkpoint stands for: its moving average when it has one.
+
+    A training step sees one sample, so the raw weights wander from step to step; the
+    exponential moving average (``TrainConfig.ema_decay``) is what is exported and run.
+    """
+    return checkpoint.get("ema") or checkpoint["model"]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from skullstrip import synth
-from skullstrip.model import DISTANCE_SCALE_MM, ModelConfig, StripNet, count_parameters
+from skullstrip.model import DISTANCE_SCALE_MM, ModelConfig, StripNet, count_parameters, shipped_weights
 
 LOSS_CLIP_MM = 20.0
 SOFT_BOUNDARY_MM = 1.5
@@ -56,6 +56,9 @@ class TrainConfig:
     # checkpoint whose network weights start this run (the optimiser and step start
     # afresh); layers the checkpoint lacks, e.g. new refine blocks, keep their own init
     init_from: str | None = None
+    # decay of the exponential moving average of the weights (e.g. 0.998: about the last
+    # 500 steps); validation, monitoring and export then use the average. None: no EMA
+    ema_decay: float | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -175,7 +178,8 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     model = StripNet(ModelConfig.from_dict(config.model))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     step = 0
-    if resume and checkpoint_path.exists():
+    resumed = resume and checkpoint_path.exists()
+    if resumed:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
@@ -184,6 +188,11 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
         raise FileExistsError(f"{checkpoint_path} exists: pass --resume to continue it, or choose another --out")
     elif config.init_from is not None:
         initialise_from(model, config.init_from)
+    average = _moving_average(model, config.ema_decay)
+    if average is not None and resumed and state.get("ema") is not None:
+        average.module.load_state_dict(state["ema"])
+        average.n_averaged.fill_(state["ema_updates"])
+    shipped = model if average is None else average.module
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
 
     train_paths, validation_paths = split_label_maps(labels_dir, config.validation_subjects)
@@ -212,6 +221,8 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if average is not None:
+            average.update_parameters(model)
         step += 1
         running.append({"loss": float(loss.detach()), **parts})
         bar.update(1)
@@ -222,38 +233,53 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
             bar.set_postfix(loss=f"{means['loss']:.3f}", dice=f"{means['dice']:.3f}")
             running = []
         if step % config.validate_every == 0 or step == config.steps:
-            row = {"step": step, "minutes": (time.monotonic() - started) / 60, **validate(model, validation_set)}
+            row = {"step": step, "minutes": (time.monotonic() - started) / 60, **validate(shipped, validation_set)}
             if monitor is not None:
-                row.update(monitor(model, step))
+                row.update(monitor(shipped, step))
             log.write(row)
             plot_curves(out_dir / "log.csv", out_dir / "curves.png")
         out_of_time = max_minutes is not None and time.monotonic() - started > max_minutes * 60
         if time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60 or out_of_time or step == config.steps:
-            save_checkpoint(checkpoint_path, model, optimiser, step, config)
+            save_checkpoint(checkpoint_path, model, optimiser, step, config, average)
             last_checkpoint = time.monotonic()
         if out_of_time:
             print(f"stopping after {max_minutes} minutes at step {step}; continue with --resume", flush=True)
             break
         if _stop_requested(out_dir):
-            save_checkpoint(checkpoint_path, model, optimiser, step, config)
+            save_checkpoint(checkpoint_path, model, optimiser, step, config, average)
             (out_dir / "STOP").unlink()
             print(f"stopped on request at step {step}; continue with --resume", flush=True)
             break
     bar.close()
-    save_checkpoint(checkpoint_path, model, optimiser, step, config)
+    save_checkpoint(checkpoint_path, model, optimiser, step, config, average)
     plot_curves(out_dir / "log.csv", out_dir / "curves.png")
     return checkpoint_path
 
 
+def _moving_average(model: StripNet, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """Exponential moving average of the weights (Polyak averaging), or None when off.
+
+    With one sample per step the raw weights of consecutive checkpoints differ by about
+    0.01 in real-scan Dice (run7); the average removes that step-to-step noise.
+    """
+    if decay is None:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must be between 0 and 1, got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
 def initialise_from(model: StripNet, checkpoint_path: str | Path) -> list[str]:
-    """Copy a checkpoint's network weights into ``model``; returns the layers it lacked.
+    """Copy a checkpoint's shipped weights into ``model``; returns the layers it lacked.
 
     Used to grow a trained network (e.g. add zero-initialised refine blocks) without
     starting over. Every weight of the checkpoint must fit the model: a changed layer
     shape or a layer the model does not have is an error, not a silent partial load.
     """
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    result = model.load_state_dict(state["model"], strict=False)
+    result = model.load_state_dict(shipped_weights(state), strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{checkpoint_path} has layers this model lacks: {result.unexpected_keys}")
     print(f"initialised from {checkpoint_path} (step {state['step']}); new layers: {result.missing_keys}", flush=True)
@@ -289,11 +315,18 @@ def validate(model: StripNet, samples: list[dict]) -> dict:
 
 
 def save_checkpoint(path: Path, model: StripNet, optimiser: torch.optim.Optimizer, step: int,
-                    config: TrainConfig) -> None:
-    """Write the checkpoint next to its destination and rename: never half a file."""
+                    config: TrainConfig, average: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+    """Write the checkpoint next to its destination and rename: never half a file.
+
+    ``model`` holds the raw weights training resumes from; ``ema`` the moving average
+    that is exported (``shipped_weights``), with its update count for resuming.
+    """
     temporary = path.with_suffix(".tmp")
+    ema = None if average is None else {"ema": average.module.state_dict(),
+                                        "ema_updates": int(average.n_averaged)}
     torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                "model_config": model.config.to_dict(), "train_config": asdict(config)}, temporary)
+                "model_config": model.config.to_dict(), "train_config": asdict(config), **(ema or {})},
+               temporary)
     os.replace(temporary, path)
 
 
@@ -384,7 +417,7 @@ def export_weights(checkpoint_path: str | Path, weights_path: str | Path) -> Pat
 
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     network = StripNet(ModelConfig.from_dict(state["model_config"]))
-    network.load_state_dict(state["model"])
+    network.load_state_dict(shipped_weights(state))
     network.eval()
     buffer = io.BytesIO()
     example = torch.zeros(1, 1, 32, 32, 32)
