@@ -52,13 +52,14 @@ class StripOptions:
 
     # the mask is distance < border. The references of the shared real scans hug the brain
     # closer than the brain+CSF surface the network learnt from BrainWeb (a thick CSF rim
-    # at the vertex), and the T1w masks run over the skull: mean Dice 0.9186 at 0 mm, a
-    # plateau of 0.9296-0.9305 from -1.5 to -2.5 mm; -1.5 is the least shrink on it, and
-    # costs FLAIR the least (bench/results/postprocess_sweep.md)
+    # at the vertex), and the T1w masks run over the skull. Chosen with run4 (mean Dice
+    # 0.9186 at 0 mm, a plateau of 0.9296-0.9305 from -1.5 to -2.5 mm, -1.5 the least
+    # shrink on it and the least cost to FLAIR); kept with run9: 0.9171 at 0, 0.9305 at
+    # -1.5, 0.9321 at -2 (bench/results/postprocess_sweep.md, docs/model.md)
     border_mm: float = -1.5
     # cut bridges thinner than twice this (mm) between the brain and what the network
     # wrongly joined to it (neck, orbits); 0 keeps the whole largest component. 4 mm:
-    # mean Dice 0.9290 -> 0.9296 at border -1.5 (bench/results/postprocess_sweep_openings.md)
+    # run4: mean Dice 0.9290 -> 0.9296 at border -1.5 (bench/results/postprocess_sweep_openings.md)
     opening_mm: float = 4.0
     no_csf: bool = False
     volumes: str = "mean"  # 4D: "mean", "first" or "each"
