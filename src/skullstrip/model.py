@@ -123,7 +123,8 @@ def shipped_weights(checkpoint: dict) -> dict:
     A training step sees one sample, so the raw weights wander from step to step; the
     exponential moving average (``TrainConfig.ema_decay``) is what is exported and run.
     """
-    return checkpoint.get("ema") or checkpoint["model"]
+    average = checkpoint.get("ema")
+    return checkpoint["model"] if average is None else average
 
 
 def count_parameters(model: nn.Module) -> int:

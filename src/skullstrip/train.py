@@ -322,11 +322,11 @@ def save_checkpoint(path: Path, model: StripNet, optimiser: torch.optim.Optimize
     that is exported (``shipped_weights``), with its update count for resuming.
     """
     temporary = path.with_suffix(".tmp")
-    ema = None if average is None else {"ema": average.module.state_dict(),
-                                        "ema_updates": int(average.n_averaged)}
-    torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                "model_config": model.config.to_dict(), "train_config": asdict(config), **(ema or {})},
-               temporary)
+    checkpoint = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+                  "model_config": model.config.to_dict(), "train_config": asdict(config)}
+    if average is not None:
+        checkpoint.update(ema=average.module.state_dict(), ema_updates=int(average.n_averaged))
+    torch.save(checkpoint, temporary)
     os.replace(temporary, path)
 
 
