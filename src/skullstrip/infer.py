@@ -193,12 +193,10 @@ def _torch_model(raw: bytes, label: str, digest: str, device: str) -> Model:
         import torch
     except ImportError:
         raise ImageError(f"{label}: PyTorch weights need PyTorch: pip install 'skullstrip[train]'") from None
-    from skullstrip.model import ModelConfig, StripNet, shipped_weights
+    from skullstrip.model import network_from_checkpoint
 
     state = torch.load(BytesIO(raw), map_location=device, weights_only=False)
-    network = StripNet(ModelConfig.from_dict(state["model_config"]))
-    network.load_state_dict(shipped_weights(state))
-    network.eval().to(device)
+    network = network_from_checkpoint(state).to(device)
     model = Model.from_network(network, device, label, int(state.get("step", 0)))
     model.sha256 = digest
     return model

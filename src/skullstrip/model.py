@@ -127,6 +127,13 @@ def shipped_weights(checkpoint: dict) -> dict:
     return checkpoint["model"] if average is None else average
 
 
+def network_from_checkpoint(checkpoint: dict) -> StripNet:
+    """The network a training checkpoint stands for, in eval mode (its shipped weights)."""
+    network = StripNet(ModelConfig.from_dict(checkpoint["model_config"]))
+    network.load_state_dict(shipped_weights(checkpoint))
+    return network.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

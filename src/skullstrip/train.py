@@ -24,7 +24,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from skullstrip import synth
-from skullstrip.model import DISTANCE_SCALE_MM, ModelConfig, StripNet, count_parameters, shipped_weights
+from skullstrip.model import (
+    DISTANCE_SCALE_MM,
+    ModelConfig,
+    StripNet,
+    count_parameters,
+    network_from_checkpoint,
+    shipped_weights,
+)
 
 LOSS_CLIP_MM = 20.0
 SOFT_BOUNDARY_MM = 1.5
@@ -416,9 +423,7 @@ def export_weights(checkpoint_path: str | Path, weights_path: str | Path) -> Pat
     import onnx
 
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    network = StripNet(ModelConfig.from_dict(state["model_config"]))
-    network.load_state_dict(shipped_weights(state))
-    network.eval()
+    network = network_from_checkpoint(state)
     buffer = io.BytesIO()
     example = torch.zeros(1, 1, 32, 32, 32)
     with warnings.catch_warnings():  # tracer chatter; instance norm without running stats is intended
