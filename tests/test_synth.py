@@ -315,3 +315,16 @@ def test_brainlike_bone_greys_skull_and_marrow_of_mri_only():
     synth.sample_tissue_contrast(twin, "mri")
     assert synth.sample_brainlike_bone(rng, mri, synth.SynthConfig()) is mri
     assert rng.random() == twin.random()
+
+
+def is_named_mri_contrast(means: np.ndarray) -> bool:
+    """Whether the tissue means lie within 5 jitter SDs of one of the named MRI contrasts."""
+    return any(np.abs(means - np.asarray(base)).max() < 5 * synth.MRI_FAMILY_JITTER
+               for base in synth.MRI_FAMILY_MEANS.values())
+
+
+@pytest.mark.parametrize(("p_mri_family", "expected"), [(0.0, 0.0), (0.5, 0.5), (0.8, 0.8), (1.0, 1.0)])
+def test_mri_family_share_sets_how_often_a_named_contrast_is_drawn(p_mri_family, expected):
+    rng = np.random.default_rng(5)
+    named = [is_named_mri_contrast(synth.sample_tissue_contrast(rng, "mri", p_mri_family).means) for _ in range(400)]
+    assert np.mean(named) == pytest.approx(expected, abs=0.07)

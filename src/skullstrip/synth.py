@@ -72,6 +72,10 @@ class SynthConfig:
     modality_weights: dict[str, float] = field(
         default_factory=lambda: {"mri": 0.55, "ct": 0.12, "pet": 0.08, "epi": 0.18, "mra": 0.07}
     )
+    # share of MRI samples with a named contrast (T1, T1+Gd, T2, FLAIR, PD) rather than a
+    # random GMM: the random ones teach independence from contrast, the named ones the
+    # anatomy-intensity relations of the scans users have
+    p_mri_family: float = 0.5
     max_rotation_deg: float = 25.0
     p_axis_permutation: float = 0.1  # heads lying in any axis order (wrong headers)
     scale_range: float = 0.15
@@ -568,12 +572,12 @@ class TissueContrast:
         return self.stds.astype(np.float32)[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
 
 
-def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueContrast:
+def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family: float = 0.5) -> TissueContrast:
     """Draw per-label intensities for a modality family.
 
-    - ``mri``: half the time a fully random GMM (any contrast order, as SynthStrip), else
-      T1- (without or with contrast agent), T2-, FLAIR- or PD-like orderings with
-      jittered values.
+    - ``mri``: with ``p_mri_family`` a T1- (without or with contrast agent), T2-, FLAIR-
+      or PD-like ordering with jittered values, else a fully random GMM (any contrast
+      order, as SynthStrip).
     - ``ct``: Hounsfield units (bone 700-1800, brain 20-45, CSF 0-15, fat about -100,
       air -1000), sometimes stored with a +1024 offset as unsigned scanners do.
     - ``pet``: grey matter uptake highest, white matter lower, little outside the brain.
@@ -583,11 +587,11 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str) -> TissueCon
     means = np.zeros(N_LABELS)
     stds = np.zeros(N_LABELS)
     if modality == "mri":
-        if rng.random() < 0.5:
+        if rng.random() < 1 - p_mri_family:
             means = rng.uniform(0, 1, N_LABELS)
             means[AIR] = rng.uniform(0, 0.1) if rng.random() < 0.85 else rng.uniform(0, 1)
         else:
-            means = _mri_family_means(rng, rng.choice(["t1", "t1c", "t2", "flair", "pd"]))
+            means = _mri_family_means(rng, rng.choice(list(MRI_FAMILY_MEANS)))
         stds = rng.uniform(0, 0.06, N_LABELS)
     elif modality == "ct":
         means[:] = [-1000, rng.uniform(0, 15), rng.uniform(32, 45), rng.uniform(20, 32),
@@ -684,17 +688,21 @@ def sample_regional_contrast(rng: np.random.Generator, contrast: TissueContrast,
     return RegionalContrast(np.clip(table, 0, None).ravel())
 
 
+MRI_FAMILY_MEANS = {  # air csf gm wm fat muscle skin skull vessel connect dura marrow
+    "t1": (0.02, 0.15, 0.55, 0.8, 0.9, 0.4, 0.5, 0.05, 0.5, 0.6, 0.3, 0.7),
+    # gadolinium: enhancing dura and vessels outline the brain with a bright rim that
+    # is not scalp fat (clinical T1w are often post-contrast)
+    "t1c": (0.02, 0.15, 0.55, 0.75, 0.9, 0.4, 0.5, 0.05, 0.95, 0.6, 0.8, 0.7),
+    "t2": (0.02, 0.95, 0.6, 0.4, 0.7, 0.25, 0.4, 0.05, 0.2, 0.5, 0.2, 0.5),
+    "flair": (0.02, 0.08, 0.6, 0.45, 0.7, 0.3, 0.45, 0.05, 0.2, 0.5, 0.3, 0.5),
+    "pd": (0.02, 0.8, 0.75, 0.6, 0.85, 0.45, 0.6, 0.05, 0.4, 0.6, 0.4, 0.6),
+}
+MRI_FAMILY_JITTER = 0.07  # SD added to each tissue's mean
+
+
 def _mri_family_means(rng: np.random.Generator, family: str) -> np.ndarray:
-    base = {  # air csf gm wm fat muscle skin skull vessel connect dura marrow
-        "t1": [0.02, 0.15, 0.55, 0.8, 0.9, 0.4, 0.5, 0.05, 0.5, 0.6, 0.3, 0.7],
-        # gadolinium: enhancing dura and vessels outline the brain with a bright rim that
-        # is not scalp fat (clinical T1w are often post-contrast)
-        "t1c": [0.02, 0.15, 0.55, 0.75, 0.9, 0.4, 0.5, 0.05, 0.95, 0.6, 0.8, 0.7],
-        "t2": [0.02, 0.95, 0.6, 0.4, 0.7, 0.25, 0.4, 0.05, 0.2, 0.5, 0.2, 0.5],
-        "flair": [0.02, 0.08, 0.6, 0.45, 0.7, 0.3, 0.45, 0.05, 0.2, 0.5, 0.3, 0.5],
-        "pd": [0.02, 0.8, 0.75, 0.6, 0.85, 0.45, 0.6, 0.05, 0.4, 0.6, 0.4, 0.6],
-    }[family]
-    return np.clip(np.asarray(base) + rng.normal(0, 0.07, N_LABELS), 0, 1)
+    base = np.asarray(MRI_FAMILY_MEANS[family])
+    return np.clip(base + rng.normal(0, MRI_FAMILY_JITTER, N_LABELS), 0, 1)
 
 
 @dataclass(frozen=True)
@@ -1029,7 +1037,7 @@ class SyntheticHeads:
         transform = sample_spatial_transform(rng, config, anatomy)
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
-        contrast = sample_brainlike_bone(rng, sample_tissue_contrast(rng, modality), config)
+        contrast = sample_brainlike_bone(rng, sample_tissue_contrast(rng, modality, config.p_mri_family), config)
         regional = sample_regional_contrast(rng, contrast, config)
         thickening = sample_skull_thickening(rng, config)
         regions = anatomy.regions
