@@ -42,6 +42,17 @@ def test_opening_option_reaches_the_sidecar(tmp_path, phantom_file, capsys):
     assert json.loads((tmp_path / "mask.json").read_text())["parameters"]["opening_mm"] == 3.0
 
 
+def test_intensity_rule_flags_reach_the_sidecar(tmp_path, phantom_file, capsys):
+    import json
+
+    code, _, _ = run(["-i", phantom_file, "-m", tmp_path / "mask.nii.gz", "--no-ct-window", "--no-keep-stripped"],
+                     capsys)
+    assert code == 0
+    sidecar = json.loads((tmp_path / "mask.json").read_text())
+    assert sidecar["parameters"]["ct_window"] is False and sidecar["parameters"]["keep_stripped"] is False
+    assert "already_stripped" not in sidecar["diagnostics"]
+
+
 def test_no_output_requested_is_an_error(phantom_file, capsys):
     code, _, err = run(["-i", phantom_file], capsys)
     assert code == 1 and "nothing to write" in err

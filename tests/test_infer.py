@@ -146,3 +146,31 @@ def test_mirror_average_makes_the_mask_left_right_equivariant(phantom, phantom_w
     assert dice(of_mirror.mask[::-1], result.mask) > 0.995
     assert dice(result.mask, phantom.brain_mask) > 0.85
     assert 0 < result.diagnostics["flip_dice"] <= 1
+
+
+def test_an_already_stripped_scan_keeps_its_brain(phantom, phantom_world_affine):
+    stripped = np.where(phantom.brain_mask, phantom.image, 0).astype(np.float32)
+    nonzero = stripped != 0
+    kept = skullstrip.strip((stripped, phantom_world_affine))
+    assert kept.diagnostics["already_stripped"] == 1
+    assert (kept.mask.astype(bool) & nonzero).sum() / nonzero.sum() > 0.99
+    shrunk = skullstrip.strip((stripped, phantom_world_affine), keep_stripped=False)
+    assert (shrunk.mask.astype(bool) & nonzero).sum() / nonzero.sum() < 0.97
+    whole_head = skullstrip.strip((phantom.image, phantom_world_affine))
+    assert whole_head.diagnostics["already_stripped"] == 0
+
+
+def test_intensity_rules_cut_ct_bone_from_the_mask_and_keep_its_distance_consistent():
+    shape = (60, 60, 60)
+    grid = np.indices(shape) - 30
+    radius = np.sqrt((grid**2).sum(axis=0))
+    volume = np.where(radius <= 22, 30.0, np.where(radius <= 26, 1200.0, -1000.0)).astype(np.float32)
+    sdt = (radius - 24.0).astype(np.float32)  # a network surface 2 mm inside the bone
+    options = skullstrip.StripOptions(border_mm=0.0)
+    diagnostics = {}
+    refined = skullstrip.infer.apply_intensity_rules(sdt, volume, options, diagnostics)
+    np.testing.assert_array_equal(refined < 0, radius <= 22)
+    assert diagnostics["ct_removed_fraction"] > 0.2 and diagnostics["already_stripped"] == 0
+    without_window = skullstrip.StripOptions(border_mm=0.0, ct_window=False)
+    off = skullstrip.infer.apply_intensity_rules(sdt, volume, without_window, {})
+    np.testing.assert_array_equal(off, sdt)

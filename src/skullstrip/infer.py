@@ -1,7 +1,8 @@
 """From a head scan to a brain mask, on one readable path.
 
     load -> conform (2 mm RAS head box) -> predict signed distance -> clean (largest
-    brain, holes, border) -> resample the distance to the native grid -> threshold -> write
+    brain, holes, border) -> resample the distance to the native grid -> intensity rules
+    (CT bone and air, already-stripped input) -> threshold -> write
 
 Only the continuous distance map crosses grids, so the mask's edge keeps sub-voxel
 precision on any native grid (0.3 mm or 7 mm, oblique, thick slices) and is never
@@ -25,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from skullstrip import __version__, conform
+from skullstrip import __version__, conform, postprocess
 from skullstrip.io import (
     ImageError,
     LoadedImage,
@@ -36,7 +37,6 @@ from skullstrip.io import (
     load_image,
     save_atomic,
 )
-from skullstrip.postprocess import clean_distance_map
 
 log = logging.getLogger("skullstrip")
 
@@ -71,6 +71,11 @@ class StripOptions:
     # average the distances of the scan and its left-right mirror (test-time augmentation;
     # twice the model time): the mask no longer depends on which hemisphere is on the left
     mirror_average: bool = False
+    # native-grid intensity rules (postprocess): in a CT in Hounsfield units drop mask
+    # voxels outside the brain-tissue window (bone, air); keep the region of an image
+    # that another tool already skull-stripped instead of shrinking it again
+    ct_window: bool = True
+    keep_stripped: bool = True
 
 
 def options_with(**settings: object) -> StripOptions:
@@ -246,10 +251,33 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     timings["model"] = timings.get("model", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cleaned = clean_distance_map(distance, options.border_mm, options.opening_mm, conform.WORKING_VOXEL_MM)
+    cleaned = postprocess.clean_distance_map(distance, options.border_mm, options.opening_mm, conform.WORKING_VOXEL_MM)
     native = conform.resample(cleaned, grid.affine, volume.shape[:3], affine, order=1, cval=OUTSIDE_MM)
     timings["resample_back"] = timings.get("resample_back", 0) + time.perf_counter() - clock
     return native
+
+
+def apply_intensity_rules(sdt: np.ndarray, volume: np.ndarray, options: StripOptions,
+                          diagnostics: dict[str, float]) -> np.ndarray:
+    """The native-grid distance after the intensity rules that apply to this scan.
+
+    ``diagnostics`` records which rule changed the mask (``already_stripped``,
+    ``ct_removed_fraction``: the share of the network's mask outside the CT brain window).
+    """
+    if options.keep_stripped:
+        # the previous tool's edge is the brain+CSF surface: compare with the network's
+        # unshifted surface, not the bordered one
+        stripped = postprocess.already_stripped_brain(volume, sdt < -options.border_mm)
+        diagnostics["already_stripped"] = float(stripped is not None)
+        if stripped is not None:
+            log.info("the input looks already skull-stripped: keeping its nonzero region")
+            sdt = postprocess.with_mask(sdt, stripped)
+    inside = sdt < 0
+    if options.ct_window and postprocess.is_hounsfield(volume, inside):
+        brain = postprocess.hounsfield_brain(volume, inside)
+        diagnostics["ct_removed_fraction"] = float(1 - brain.sum() / inside.sum())
+        sdt = postprocess.with_mask(sdt, brain)
+    return sdt
 
 
 def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.ndarray, np.ndarray],
@@ -279,6 +307,7 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
         else:
             reference = data
         sdt = predict_distance(reference, affine, model, options, timings, diagnostics)
+        sdt = apply_intensity_rules(sdt, reference, options, diagnostics)
     mask = (sdt < 0).astype(np.uint8)
     diagnostics["edge_fraction"] = _edge_fraction(mask if mask.ndim == 3 else mask[..., 0])
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
@@ -388,7 +417,8 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
         "parameters": {"border_mm": options.border_mm, "opening_mm": options.opening_mm, "no_csf": options.no_csf,
                        "volumes": options.volumes, "fill": options.fill, "threads": options.threads,
                        "device": options.device, "flip_check": options.flip_check,
-                       "mirror_average": options.mirror_average},
+                       "mirror_average": options.mirror_average, "ct_window": options.ct_window,
+                       "keep_stripped": options.keep_stripped},
     }
 
 

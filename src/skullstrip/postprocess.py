@@ -51,3 +51,78 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labelled.ravel())
     sizes[0] = 0
     return labelled == sizes.argmax()
+
+
+# ---------------------------------------------------------------- native-grid intensity rules
+# Two kinds of input carry evidence the network's distance does not use, and both are
+# checked on the native grid after the distance is resampled there.
+
+# Brain tissue in a head CT lies between CSF (0-15 HU) and fresh blood (50-90 HU); with
+# noise and partial volume at the edges the window is widened to -50..150. Bone (300 to
+# 2000), fat (about -100) and air (-1000) are never brain.
+CT_BRAIN_WINDOW_HU = (-50.0, 150.0)
+# an image already stripped by another tool: its nonzero part is one blob no larger than
+# this many times the network's brain (a whole head is three or more times larger)
+STRIPPED_MAX_VOLUME_RATIO = 1.2
+STRIPPED_MIN_COVER = 0.9  # least share of the network's brain inside that blob
+
+
+def is_hounsfield(volume: np.ndarray, brain: np.ndarray) -> bool:
+    """Whether a scan looks like a CT in Hounsfield units.
+
+    Air at about -1000 HU fills part of any head CT's field of view, and the brain's
+    median lies between CSF and grey matter. No MRI or PET has values near -1000, and a
+    CT stored with an offset (air at 0) is not recognised, so such scans keep the
+    network's mask unchanged.
+    """
+    if not brain.any():
+        return False
+    air_share = float(np.mean(volume <= -500))
+    return air_share >= 0.05 and -20.0 <= float(np.median(volume[brain])) <= 100.0
+
+
+def hounsfield_brain(volume: np.ndarray, brain: np.ndarray,
+                     window_hu: tuple[float, float] = CT_BRAIN_WINDOW_HU) -> np.ndarray:
+    """The brain mask without voxels outside the brain-tissue window of a CT.
+
+    The network sees the CT at 2 mm, where thin bone at the skull base and the ethmoid
+    blurs into the brain next to it; in Hounsfield units bone and air are unambiguous at
+    the native resolution. Enclosed voxels outside the window (calcifications in the
+    choroid plexus or pineal gland) are put back by filling holes; the largest part is
+    kept. The result is a subset of ``brain``.
+    """
+    low, high = window_hu
+    tissue = brain & (volume >= low) & (volume <= high)
+    return ndi.binary_fill_holes(largest_component(tissue)) & brain
+
+
+def already_stripped_brain(volume: np.ndarray, brain: np.ndarray) -> np.ndarray | None:
+    """The region another tool left of an already skull-stripped image, or None.
+
+    Stripped images are constant (usually zero) outside the brain. When the largest
+    connected part of the image that differs from that background is about as large as
+    the network's brain (``brain``, taken at the brain+CSF surface) and holds nearly all
+    of it, the previous tool's mask is the better one: the network cannot tell where a
+    brain cut from its surroundings ended, and shrinking a stripped brain again loses
+    tissue. A whole head (scalp and skull) is far larger, so it never qualifies.
+    """
+    if not brain.any():
+        return None
+    finite = np.isfinite(volume)
+    if not finite.any():
+        return None
+    region = ndi.binary_fill_holes(largest_component(finite & (volume != volume[finite].min())))
+    size, brain_size = int(region.sum()), int(brain.sum())
+    if size > STRIPPED_MAX_VOLUME_RATIO * brain_size:
+        return None
+    if (region & brain).sum() < STRIPPED_MIN_COVER * brain_size:
+        return None
+    return region
+
+
+def with_mask(sdt_mm: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The distance map changed only where it disagrees with ``mask``: ``result < 0`` is ``mask``."""
+    result = sdt_mm.copy()
+    result[mask] = np.minimum(result[mask], -INSIDE_EPSILON_MM)
+    result[~mask] = np.maximum(result[~mask], INSIDE_EPSILON_MM)
+    return result
