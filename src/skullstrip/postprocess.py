@@ -111,8 +111,12 @@ def already_stripped_brain(volume: np.ndarray, brain: np.ndarray) -> np.ndarray 
     finite = np.isfinite(volume)
     if not finite.any():
         return None
-    region = ndi.binary_fill_holes(largest_component(finite & (volume != volume[finite].min())))
-    size, brain_size = int(region.sum()), int(brain.sum())
+    foreground = finite & (volume != volume[finite].min())
+    brain_size = int(brain.sum())
+    if foreground.sum() > 2 * STRIPPED_MAX_VOLUME_RATIO * brain_size:
+        return None  # a head, or noise all over the background: skip labelling the whole grid
+    region = ndi.binary_fill_holes(largest_component(foreground))
+    size = int(region.sum())
     if size > STRIPPED_MAX_VOLUME_RATIO * brain_size:
         return None
     if (region & brain).sum() < STRIPPED_MIN_COVER * brain_size:
