@@ -86,13 +86,18 @@ def test_an_already_stripped_image_is_recognised_but_a_whole_head_is_not():
     centre = np.asarray(shape) // 2
     brain = ball(shape, centre, 20)
     stripped = np.where(brain, 100.0, 0.0).astype(np.float32)
-    network_brain = ball(shape, centre, 19)  # the network's mask stops a little short
-    np.testing.assert_array_equal(already_stripped_brain(stripped, network_brain), brain)
+    network_sdt = signed_distance_mm(ball(shape, centre, 19))  # the network's surface a little short
+    np.testing.assert_array_equal(already_stripped_brain(stripped, network_sdt), brain)
     head = stripped.copy()
     head[ball(shape, centre, 28) & ~ball(shape, centre, 24)] = 60.0  # scalp around a dark skull
     head[ball(shape, centre, 24) & ~brain] = 5.0  # CSF and skull
-    assert already_stripped_brain(head, network_brain) is None
-    assert already_stripped_brain(stripped, ball(shape, centre, 10)) is None  # region much larger than the brain
+    assert already_stripped_brain(head, network_sdt) is None
+    small_sdt = signed_distance_mm(ball(shape, centre, 10))
+    assert already_stripped_brain(stripped, small_sdt) is None  # region much larger than the brain
+    tissue = 50.0 + np.indices(shape)[0]  # varied: only the brain's one leftmost voxel is at the minimum
+    with_nan_background = np.where(brain, tissue, np.nan).astype(np.float32)
+    region = already_stripped_brain(with_nan_background, network_sdt)
+    assert region is not None and (region ^ brain).sum() == 1
 
 
 def test_with_mask_changes_the_distance_only_where_the_mask_disagrees():

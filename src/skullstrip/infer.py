@@ -267,7 +267,7 @@ def apply_intensity_rules(sdt: np.ndarray, volume: np.ndarray, options: StripOpt
     if options.keep_stripped:
         # the previous tool's edge is the brain+CSF surface: compare with the network's
         # unshifted surface, not the bordered one
-        stripped = postprocess.already_stripped_brain(volume, sdt < -options.border_mm)
+        stripped = postprocess.already_stripped_brain(volume, sdt, surface_mm=-options.border_mm)
         diagnostics["already_stripped"] = float(stripped is not None)
         if stripped is not None:
             log.info("the input looks already skull-stripped: keeping its nonzero region")
@@ -307,7 +307,9 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
         else:
             reference = data
         sdt = predict_distance(reference, affine, model, options, timings, diagnostics)
+        clock = time.perf_counter()
         sdt = apply_intensity_rules(sdt, reference, options, diagnostics)
+        timings["intensity_rules"] = time.perf_counter() - clock
     mask = (sdt < 0).astype(np.uint8)
     diagnostics["edge_fraction"] = _edge_fraction(mask if mask.ndim == 3 else mask[..., 0])
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0

@@ -96,27 +96,29 @@ def hounsfield_brain(volume: np.ndarray, brain: np.ndarray,
     return ndi.binary_fill_holes(largest_component(tissue)) & brain
 
 
-def already_stripped_brain(volume: np.ndarray, brain: np.ndarray) -> np.ndarray | None:
+def already_stripped_brain(volume: np.ndarray, sdt_mm: np.ndarray, surface_mm: float = 0.0) -> np.ndarray | None:
     """The region another tool left of an already skull-stripped image, or None.
 
     Stripped images are constant (usually zero) outside the brain. When the largest
-    connected part of the image that differs from that background is about as large as
-    the network's brain (``brain``, taken at the brain+CSF surface) and holds nearly all
-    of it, the previous tool's mask is the better one: the network cannot tell where a
-    brain cut from its surroundings ended, and shrinking a stripped brain again loses
-    tissue. A whole head (scalp and skull) is far larger, so it never qualifies.
+    connected part of the image above that background is about as large as the
+    network's brain (``sdt_mm < surface_mm``: its brain+CSF surface, which is at
+    ``-border`` in a bordered distance map) and holds nearly all of it, the previous
+    tool's mask is the better one: the network cannot tell where a brain cut from its
+    surroundings ended, and shrinking a stripped brain again loses tissue. A whole head
+    (scalp and skull) is far larger, so it never qualifies.
     """
+    brain = sdt_mm < surface_mm
     if not brain.any():
         return None
-    finite = np.isfinite(volume)
-    if not finite.any():
+    # NaN compares False, so NaN voxels count as background
+    foreground = volume > np.nanmin(volume)
+    # cheap test first (labelling a 256^3 grid takes a second): 4-10 mm outside a stripped
+    # brain there is only background, outside a head's brain there is skull and scalp
+    shell = (sdt_mm > surface_mm + 4) & (sdt_mm < surface_mm + 10)
+    if shell.any() and foreground[shell].mean() > 0.5:
         return None
-    foreground = finite & (volume != volume[finite].min())
-    brain_size = int(brain.sum())
-    if foreground.sum() > 2 * STRIPPED_MAX_VOLUME_RATIO * brain_size:
-        return None  # a head, or noise all over the background: skip labelling the whole grid
     region = ndi.binary_fill_holes(largest_component(foreground))
-    size = int(region.sum())
+    size, brain_size = int(region.sum()), int(brain.sum())
     if size > STRIPPED_MAX_VOLUME_RATIO * brain_size:
         return None
     if (region & brain).sum() < STRIPPED_MIN_COVER * brain_size:
