@@ -14,7 +14,14 @@ torch = pytest.importorskip("torch")
 from skullstrip import synth  # noqa: E402
 from skullstrip.infer import Model, load_model  # noqa: E402
 from skullstrip.model import ModelConfig, StripNet, count_parameters, flops_per_voxel, shipped_weights  # noqa: E402
-from skullstrip.train import TrainConfig, export_weights, initialise_from, loss_function, train  # noqa: E402
+from skullstrip.train import (  # noqa: E402
+    TrainConfig,
+    average_checkpoints,
+    export_weights,
+    initialise_from,
+    loss_function,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +141,29 @@ def test_moving_average_is_saved_resumed_and_exported(tmp_path, label_dir):
     np.testing.assert_allclose(load_model(export_weights(checkpoint, tmp_path / "m.onnx")).predict(image),
                                expected, atol=1e-3)
     np.testing.assert_allclose(load_model(checkpoint).predict(image), expected, atol=1e-5)
+
+
+def test_weight_average_of_checkpoints_is_their_mean_and_exports(tmp_path):
+    config = ModelConfig(core_channels=4, stem_channels=2, fine_channels=2)
+    first, second = StripNet(config), StripNet(config)
+    torch.save({"model": first.state_dict(), "model_config": config.to_dict(), "step": 3}, tmp_path / "a.pt")
+    # the second stands for its moving average, as the shipped checkpoints do
+    torch.save({"model": first.state_dict(), "ema": second.state_dict(), "model_config": config.to_dict(),
+                "step": 5}, tmp_path / "b.pt")
+    soup = torch.load(average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "soup.pt"),
+                      weights_only=False)
+    assert soup["step"] == 5 and len(soup["ingredients"]) == 2
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(soup["model"][name], 0.5 * (value + second.state_dict()[name]))
+    averaged = StripNet(config)
+    averaged.load_state_dict(soup["model"])
+    image = np.random.default_rng(2).random((16, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(load_model(export_weights(tmp_path / "soup.pt", tmp_path / "soup.onnx")).predict(image),
+                               Model.from_network(averaged.eval()).predict(image), atol=1e-3)
+    other = ModelConfig(core_channels=6, stem_channels=2, fine_channels=2)
+    torch.save({"model": StripNet(other).state_dict(), "model_config": other.to_dict(), "step": 1}, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="architecture"):
+        average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"], tmp_path / "bad.pt")
 
 
 def test_same_seed_same_first_batch(label_dir):

@@ -410,6 +410,33 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", mininterval=5, dynamic_ncols=True)
 
 
+def average_checkpoints(checkpoint_paths: Sequence[str | Path], out_path: str | Path) -> Path:
+    """A checkpoint whose weights are the uniform average of the checkpoints' shipped weights.
+
+    A "model soup" (Wortsman et al., ICML 2022): networks fine-tuned from one start lie
+    in one basin, and the average of their weights is a network in its own right, often
+    better than each on data unlike the training data. All checkpoints must have the same
+    architecture. The result exports like any checkpoint (``export_weights``) and names
+    its ingredients.
+    """
+    states = [torch.load(path, map_location="cpu", weights_only=False) for path in checkpoint_paths]
+    if not states:
+        raise ValueError("average_checkpoints needs at least one checkpoint")
+    config = states[0]["model_config"]
+    for path, state in zip(checkpoint_paths, states):
+        if state["model_config"] != config:
+            raise ValueError(f"{path} has another architecture than {checkpoint_paths[0]}")
+    weights = [shipped_weights(state) for state in states]
+    average = {name: torch.stack([w[name].float() for w in weights]).mean(dim=0).to(weights[0][name].dtype)
+               for name in weights[0]}
+    out_path = Path(out_path)
+    temporary = out_path.with_suffix(".tmp")
+    torch.save({"model": average, "model_config": config, "step": max(int(s["step"]) for s in states),
+                "ingredients": [str(p) for p in checkpoint_paths]}, temporary)
+    os.replace(temporary, out_path)
+    return out_path
+
+
 def export_weights(checkpoint_path: str | Path, weights_path: str | Path) -> Path:
     """Export a checkpoint to the shipped ONNX model (~0.6 MB) with its provenance.
 
