@@ -158,6 +158,8 @@ def test_an_already_stripped_scan_keeps_its_brain(phantom, phantom_world_affine)
     assert (shrunk.mask.astype(bool) & nonzero).sum() / nonzero.sum() < 0.97
     whole_head = skullstrip.strip((phantom.image, phantom_world_affine))
     assert whole_head.diagnostics["already_stripped"] == 0
+    per_volume = skullstrip.strip((np.stack([stripped, stripped], axis=-1), phantom_world_affine), volumes="each")
+    assert all((per_volume.mask[..., t].astype(bool) & nonzero).sum() / nonzero.sum() > 0.99 for t in range(2))
 
 
 def test_intensity_rules_cut_ct_bone_from_the_mask_and_keep_its_distance_consistent():

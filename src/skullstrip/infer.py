@@ -258,12 +258,13 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
 
 
 def apply_intensity_rules(sdt: np.ndarray, volume: np.ndarray, options: StripOptions,
-                          diagnostics: dict[str, float]) -> np.ndarray:
+                          diagnostics: dict[str, float], timings: dict[str, float] | None = None) -> np.ndarray:
     """The native-grid distance after the intensity rules that apply to this scan.
 
     ``diagnostics`` records which rule changed the mask (``already_stripped``,
     ``ct_removed_fraction``: the share of the network's mask outside the CT brain window).
     """
+    clock = time.perf_counter()
     if options.keep_stripped:
         # the previous tool's edge is the brain+CSF surface: compare with the network's
         # unshifted surface, not the bordered one
@@ -277,6 +278,8 @@ def apply_intensity_rules(sdt: np.ndarray, volume: np.ndarray, options: StripOpt
         brain = postprocess.hounsfield_brain(volume, inside)
         diagnostics["ct_removed_fraction"] = float(1 - brain.sum() / inside.sum())
         sdt = postprocess.with_mask(sdt, brain)
+    if timings is not None:
+        timings["intensity_rules"] = timings.get("intensity_rules", 0) + time.perf_counter() - clock
     return sdt
 
 
@@ -298,18 +301,18 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
     model = load_model(options.model_path, options.device, options.threads)
     data, affine = loaded.data, loaded.affine
 
+    def distance(volume: np.ndarray) -> np.ndarray:
+        native = predict_distance(volume, affine, model, options, timings, diagnostics)
+        return apply_intensity_rules(native, volume, options, diagnostics, timings)
+
     if data.ndim == 4 and options.volumes == "each":
-        sdt = np.stack([predict_distance(data[..., t], affine, model, options, timings, diagnostics)
-                        for t in range(data.shape[3])], axis=-1)
+        sdt = np.stack([distance(data[..., t]) for t in range(data.shape[3])], axis=-1)
     else:
         if data.ndim == 4:
             reference = data[..., 0] if options.volumes == "first" else data.mean(axis=3, dtype=np.float32)
         else:
             reference = data
-        sdt = predict_distance(reference, affine, model, options, timings, diagnostics)
-        clock = time.perf_counter()
-        sdt = apply_intensity_rules(sdt, reference, options, diagnostics)
-        timings["intensity_rules"] = time.perf_counter() - clock
+        sdt = distance(reference)
     mask = (sdt < 0).astype(np.uint8)
     diagnostics["edge_fraction"] = _edge_fraction(mask if mask.ndim == 3 else mask[..., 0])
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
