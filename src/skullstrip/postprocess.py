@@ -34,13 +34,7 @@ def clean_distance_map(sdt_mm: np.ndarray, border_mm: float = 0.0, opening_mm: f
         core = largest_component(depth > opening_mm)
         if core.any():
             kept &= ndi.distance_transform_edt(~core, sampling=voxel_mm) <= opening_mm + voxel_mm / 2
-    kept = ndi.binary_fill_holes(kept)
-    cleaned = shifted.copy()
-    dropped = inside & ~kept
-    cleaned[dropped] = np.maximum(np.abs(shifted[dropped]), INSIDE_EPSILON_MM)
-    filled = kept & ~inside
-    cleaned[filled] = -np.maximum(np.abs(shifted[filled]), INSIDE_EPSILON_MM)
-    return cleaned
+    return with_mask(shifted, ndi.binary_fill_holes(kept))
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -107,18 +101,18 @@ def already_stripped_brain(volume: np.ndarray, sdt_mm: np.ndarray, surface_mm: f
     surroundings ended, and shrinking a stripped brain again loses tissue. A whole head
     (scalp and skull) is far larger, so it never qualifies.
     """
-    brain = sdt_mm < surface_mm
-    if not brain.any():
-        return None
-    # NaN compares False, so NaN voxels count as background
-    foreground = volume > np.nanmin(volume)
+    background = np.nanmin(volume)  # NaN compares False below, so NaN voxels count as background
     # cheap test first (labelling a 256^3 grid takes a second): 4-10 mm outside a stripped
     # brain there is only background, outside a head's brain there is skull and scalp
     shell = (sdt_mm > surface_mm + 4) & (sdt_mm < surface_mm + 10)
-    if shell.any() and foreground[shell].mean() > 0.5:
+    if shell.any() and np.mean(volume[shell] > background) > 0.5:
         return None
-    region = ndi.binary_fill_holes(largest_component(foreground))
-    size, brain_size = int(region.sum()), int(brain.sum())
+    brain = sdt_mm < surface_mm
+    brain_size = int(brain.sum())
+    if brain_size == 0:
+        return None
+    region = ndi.binary_fill_holes(largest_component(volume > background))
+    size = int(region.sum())
     if size > STRIPPED_MAX_VOLUME_RATIO * brain_size:
         return None
     if (region & brain).sum() < STRIPPED_MIN_COVER * brain_size:
@@ -127,8 +121,14 @@ def already_stripped_brain(volume: np.ndarray, sdt_mm: np.ndarray, surface_mm: f
 
 
 def with_mask(sdt_mm: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The distance map changed only where it disagrees with ``mask``: ``result < 0`` is ``mask``."""
+    """The distance map changed only where it disagrees with ``mask``: ``result < 0`` is ``mask``.
+
+    A voxel moved across the surface keeps its distance with the other sign (at least
+    ``INSIDE_EPSILON_MM``), so a dropped island lies as far outside as it lay inside.
+    """
     result = sdt_mm.copy()
-    result[mask] = np.minimum(result[mask], -INSIDE_EPSILON_MM)
-    result[~mask] = np.maximum(result[~mask], INSIDE_EPSILON_MM)
+    dropped = ~mask & (sdt_mm < 0)
+    result[dropped] = np.maximum(-sdt_mm[dropped], INSIDE_EPSILON_MM)
+    added = mask & (sdt_mm >= 0)
+    result[added] = -np.maximum(sdt_mm[added], INSIDE_EPSILON_MM)
     return result
