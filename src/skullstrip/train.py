@@ -187,7 +187,7 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     step = 0
     resumed = resume and checkpoint_path.exists()
     if resumed:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = _read_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
@@ -285,7 +285,7 @@ def initialise_from(model: StripNet, checkpoint_path: str | Path) -> list[str]:
     starting over. Every weight of the checkpoint must fit the model: a changed layer
     shape or a layer the model does not have is an error, not a silent partial load.
     """
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = _read_checkpoint(checkpoint_path)
     result = model.load_state_dict(shipped_weights(state), strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{checkpoint_path} has layers this model lacks: {result.unexpected_keys}")
@@ -328,12 +328,21 @@ def save_checkpoint(path: Path, model: StripNet, optimiser: torch.optim.Optimize
     ``model`` holds the raw weights training resumes from; ``ema`` the moving average
     that is exported (``shipped_weights``), with its update count for resuming.
     """
-    temporary = path.with_suffix(".tmp")
     checkpoint = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
                   "model_config": model.config.to_dict(), "train_config": asdict(config)}
     if average is not None:
         checkpoint.update(ema=average.module.state_dict(), ema_updates=int(average.n_averaged))
-    torch.save(checkpoint, temporary)
+    _write_checkpoint(checkpoint, path)
+
+
+def _read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's content (weights, optimiser state, configs), loaded on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _write_checkpoint(content: dict, path: Path) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(content, temporary)
     os.replace(temporary, path)
 
 
@@ -419,7 +428,7 @@ def average_checkpoints(checkpoint_paths: Sequence[str | Path], out_path: str | 
     architecture. The result exports like any checkpoint (``export_weights``) and names
     its ingredients.
     """
-    states = [torch.load(path, map_location="cpu", weights_only=False) for path in checkpoint_paths]
+    states = [_read_checkpoint(path) for path in checkpoint_paths]
     if not states:
         raise ValueError("average_checkpoints needs at least one checkpoint")
     config = states[0]["model_config"]
@@ -430,10 +439,8 @@ def average_checkpoints(checkpoint_paths: Sequence[str | Path], out_path: str | 
     average = {name: torch.stack([w[name].float() for w in weights]).mean(dim=0).to(weights[0][name].dtype)
                for name in weights[0]}
     out_path = Path(out_path)
-    temporary = out_path.with_suffix(".tmp")
-    torch.save({"model": average, "model_config": config, "step": max(int(s["step"]) for s in states),
-                "ingredients": [str(p) for p in checkpoint_paths]}, temporary)
-    os.replace(temporary, out_path)
+    _write_checkpoint({"model": average, "model_config": config, "step": max(int(s["step"]) for s in states),
+                       "ingredients": [str(p) for p in checkpoint_paths]}, out_path)
     return out_path
 
 
@@ -449,7 +456,7 @@ def export_weights(checkpoint_path: str | Path, weights_path: str | Path) -> Pat
 
     import onnx
 
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = _read_checkpoint(checkpoint_path)
     network = network_from_checkpoint(state)
     buffer = io.BytesIO()
     example = torch.zeros(1, 1, 32, 32, 32)
