@@ -10,7 +10,7 @@ import pytest
 from nibabel.orientations import apply_orientation, inv_ornt_aff
 
 import skullstrip
-from skullstrip.io import ImageError
+from skullstrip.io import ImageError, write_atomically
 from tests.conftest import dice
 
 
@@ -176,3 +176,18 @@ def test_intensity_rules_cut_ct_bone_from_the_mask_and_keep_its_distance_consist
     without_window = skullstrip.StripOptions(border_mm=0.0, ct_window=False)
     off = skullstrip.infer.apply_intensity_rules(sdt, volume, without_window, {})
     np.testing.assert_array_equal(off, sdt)
+
+
+def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "report.json"
+    write_atomically(target, lambda temporary: temporary.write_text("first"))
+    assert target.read_text() == "first"
+
+    def failing(temporary):
+        temporary.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, failing)
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from skullstrip import __version__
 from skullstrip.infer import StripOptions
+from skullstrip.io import write_atomically
 
 log = logging.getLogger("skullstrip")
 
@@ -205,9 +206,7 @@ def run_job(job: Job, options: StripOptions) -> Record:
         record.flags = qc_flags(record)
         sidecar = json.loads(job.sidecar.read_text())
         sidecar.update({"qc_flags": record.flags, "complete": True})
-        temporary = job.sidecar.with_name(f".{job.sidecar.name}.tmp")
-        temporary.write_text(json.dumps(sidecar, indent=2))
-        os.replace(temporary, job.sidecar)
+        write_atomically(job.sidecar, lambda temporary: temporary.write_text(json.dumps(sidecar, indent=2)))
         return record
     except Exception as error:  # a failing case is a result, not a crash of the batch
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -374,10 +373,7 @@ document.querySelectorAll('#cases th').forEach((th, column) => th.addEventListen
 </script>
 </body></html>
 """
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(page)
-    os.replace(temporary, path)
-    return path
+    return write_atomically(path, lambda temporary: temporary.write_text(page))
 
 
 def _number(value: float | None, digits: int) -> str:

@@ -36,6 +36,7 @@ from skullstrip.io import (
     image_like,
     load_image,
     save_atomic,
+    write_atomically,
 )
 
 log = logging.getLogger("skullstrip")
@@ -428,6 +429,4 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(content, indent=2))
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(content, indent=2)))

@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +169,19 @@ def save_atomic(images: dict[Path, nib.spatialimages.SpatialImage]) -> None:
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text[:160]
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a hidden sibling of ``path``, then move it over ``path``.
+
+    Readers (a resumed training, a batch that skips finished cases) never see a half
+    written file, and a failing ``write`` leaves no temporary file behind.
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from skullstrip import synth
+from skullstrip.io import write_atomically
 from skullstrip.model import (
     DISTANCE_SCALE_MM,
     ModelConfig,
@@ -341,9 +341,7 @@ def _read_checkpoint(path: str | Path) -> dict:
 
 
 def _write_checkpoint(content: dict, path: Path) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(content, temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: torch.save(content, temporary))
 
 
 class _CsvLog:
@@ -475,8 +473,4 @@ def export_weights(checkpoint_path: str | Path, weights_path: str | Path) -> Pat
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    weights_path = Path(weights_path)
-    temporary = weights_path.with_suffix(".tmp")
-    onnx.save(proto, str(temporary))
-    os.replace(temporary, weights_path)
-    return weights_path
+    return write_atomically(Path(weights_path), lambda temporary: onnx.save(proto, str(temporary)))
