@@ -7,7 +7,8 @@ Usage: python bench/eval_shared.py [--border MM] [--model FILE]
 2. bench/results/eval_shared.md: that summary plus a per-modality comparison with the
    Dice the peers reach on the same cases (../shared/peers/README.md);
 3. `skullstrip qc ../shared/data/qc/manifest.csv` into bench/results/qc_shared/ and the
-   checks the model issue asks for (CT brain HU, already-stripped FLAIR kept, volumes).
+   checks the model issue asks for (CT brain HU, already-stripped FLAIR kept, volumes),
+   plus the batch report's shape check (a mask taller than long leaked into the neck).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skullstrip.batch import MAX_HEIGHT_TO_LENGTH
 from skullstrip.evaluate import evaluate_manifest, qc_manifest
 from skullstrip.infer import options_with
 
@@ -66,22 +68,30 @@ def comparison_lines(cases_csv: Path) -> list[str]:
 def qc_lines(rows: list[dict]) -> list[str]:
     lines = ["## Scans without reference masks (../shared/data/qc)", "",
              "Overlays: bench/results/qc_shared/index.html. Checks of the model issue:", "",
-             "| case | modality | brain volume (mL) | mean value inside mask | nonzero voxels kept | check |",
-             "|---|---|---|---|---|---|"]
+             "| case | modality | brain volume (mL) | mean value inside mask | nonzero voxels kept | height / length "
+             "| check |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.get("error"):
-            lines.append(f"| {row['case']} | {row['modality']} | failed: {row['error']} | | | ✗ |")
+            lines.append(f"| {row['case']} | {row['modality']} | failed: {row['error']} | | | | ✗ |")
             continue
-        check = ""
+        checks = []
         if row["case"] == "stripped_flair":
-            check = "keeps ≥ 97% of nonzero: " + ("✓" if row["nonzero_kept"] >= 0.97 else "✗")
+            checks.append("keeps ≥ 97% of nonzero: " + _tick(row["nonzero_kept"] >= 0.97))
         elif row["modality"] == "CT" and "template" not in row["case"]:
-            check = "mean HU in 0–80: " + ("✓" if 0 <= row["mean_inside"] <= 80 else "✗")
+            checks.append("mean HU in 0–80: " + _tick(0 <= row["mean_inside"] <= 80))
         elif "template" not in row["case"] and not row["case"].startswith("spm_"):
-            check = "volume in 900–2000 mL: " + ("✓" if 900 <= row["volume_ml"] <= 2000 else "✗")
+            checks.append("volume in 900–2000 mL: " + _tick(900 <= row["volume_ml"] <= 2000))
+        if "template" not in row["case"]:
+            checks.append(f"height / length ≤ {MAX_HEIGHT_TO_LENGTH}: "
+                          + _tick(row["height_to_length"] <= MAX_HEIGHT_TO_LENGTH))
         lines.append(f"| {row['case']} | {row['modality']} | {row['volume_ml']:.0f} | {row['mean_inside']:.1f} | "
-                     f"{row['nonzero_kept']:.3f} | {check} |")
+                     f"{row['nonzero_kept']:.3f} | {row['height_to_length']:.2f} | {'; '.join(checks)} |")
     return lines + [""]
+
+
+def _tick(passed: bool) -> str:
+    return "✓" if passed else "✗"
 
 
 def main() -> None:

@@ -127,9 +127,11 @@ def test_two_local_workers_match_one(tmp_path, bids_root):
 
 def test_flags():
     record = batch.Record("x", "x.nii", "done", volume_ml=500.0,
-                          diagnostics={"edge_fraction": 0.2, "uncertain_fraction": 0.01, "flip_dice": 0.5})
-    assert batch.qc_flags(record) == ["volume", "fov-edge", "flip-disagreement"]
-    fine = batch.Record("y", "y.nii", "done", volume_ml=1300.0, diagnostics={"flip_dice": 0.99})
+                          diagnostics={"edge_fraction": 0.2, "uncertain_fraction": 0.01, "flip_dice": 0.5,
+                                       "height_to_length": 1.08})
+    assert batch.qc_flags(record) == ["volume", "fov-edge", "flip-disagreement", "taller-than-long"]
+    fine = batch.Record("y", "y.nii", "done", volume_ml=1300.0,
+                        diagnostics={"flip_dice": 0.99, "height_to_length": 0.8})
     assert batch.qc_flags(fine) == []
 
 

@@ -144,3 +144,18 @@ def test_mgz_round_trip(tmp_path, phantom, phantom_world_affine, capsys):
     mask = nib.load(tmp_path / "mask.mgz")
     np.testing.assert_allclose(mask.affine, phantom_world_affine)
     assert mask.get_data_dtype() == np.uint8
+
+
+def test_qc_command_writes_overlays_and_reports_a_failed_case(tmp_path, phantom_file, capsys):
+    import csv
+
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"case,modality,image\nphantom,T1w,{phantom_file}\nbroken,T2w,broken.nii.gz\n")
+    code, _, err = run(["qc", manifest, "--out", tmp_path / "qc", "--quiet"], capsys)
+    assert code == 1 and "broken" in err
+    rows = {row["case"]: row for row in csv.DictReader((tmp_path / "qc" / "qc.csv").open())}
+    assert rows["broken"]["error"] and not rows["phantom"]["error"]
+    assert 0.5 < float(rows["phantom"]["height_to_length"]) < 1.0
+    assert (tmp_path / "qc" / "phantom.png").stat().st_size > 0
+    assert "phantom.png" in (tmp_path / "qc" / "index.html").read_text()

@@ -37,6 +37,9 @@ def test_all_48_axis_orders_give_the_same_mask_in_world_space(phantom, phantom_w
     result = skullstrip.strip((data, affine), border_mm=0)
     back = apply_orientation(result.mask, _inverse(ornt))
     assert dice(back, reference_result.mask) > 0.995
+    # measured in world mm, so the voxel order does not change the shape check
+    assert result.diagnostics["height_to_length"] == pytest.approx(
+        reference_result.diagnostics["height_to_length"], abs=0.03)
 
 
 def _inverse(ornt: np.ndarray) -> np.ndarray:
@@ -44,6 +47,22 @@ def _inverse(ornt: np.ndarray) -> np.ndarray:
     for new_axis, (old_axis, flip) in enumerate(ornt):
         inverse[int(old_axis)] = [new_axis, flip]
     return inverse
+
+
+def test_height_to_length_tells_a_brain_from_a_brain_leaking_into_the_neck():
+    x, y, z = np.mgrid[:80, :100, :120].astype(float)
+    brain = ((x - 40) / 35) ** 2 + ((y - 50) / 42) ** 2 + ((z - 80) / 32) ** 2 <= 1  # 84 mm long, 64 mm tall
+    neck = ((x - 40) ** 2 + (y - 45) ** 2 <= 15 ** 2) & (z >= 10) & (z < 80)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # in mm: 168 mm long, 128 mm tall
+    ratio = skullstrip.infer._height_to_length(brain, affine)
+    assert ratio == pytest.approx(64 / 84, abs=0.03)
+    assert skullstrip.infer._height_to_length(brain | neck, affine) > 1.0
+    # the same voxels stored left-inferior-anterior, FreeSurfer's order: the world shape is unchanged
+    ornt = np.array([[0, -1], [2, -1], [1, 1]], dtype=float)
+    stored = apply_orientation(brain, ornt)
+    assert skullstrip.infer._height_to_length(stored, affine @ inv_ornt_aff(ornt, brain.shape)) == pytest.approx(
+        ratio, abs=0.03)
+    assert skullstrip.infer._height_to_length(np.zeros((4, 4, 4), bool), affine) == 0.0
 
 
 def test_oblique_affine_still_finds_the_brain(phantom, phantom_world_affine, reference_result):

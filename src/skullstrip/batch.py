@@ -36,6 +36,7 @@ PLAUSIBLE_BRAIN_ML = (800.0, 2200.0)
 MAX_EDGE_FRACTION = 0.01
 MAX_UNCERTAIN_FRACTION = 0.12
 MIN_FLIP_DICE = 0.95
+MAX_HEIGHT_TO_LENGTH = 1.0  # real brains 0.71-0.88 (see skullstrip.infer._height_to_length)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ def qc_flags(record: Record) -> list[str]:
         flags.append("low-confidence")
     if diagnostics.get("flip_dice", 1) < MIN_FLIP_DICE:
         flags.append("flip-disagreement")
+    if diagnostics.get("height_to_length", 0) > MAX_HEIGHT_TO_LENGTH:
+        flags.append("taller-than-long")
     return flags
 
 
@@ -336,7 +339,8 @@ def write_report(records: Sequence[Record], path: Path) -> Path:
             f"<td>{html.escape(r.key)}</td><td>{r.status}</td><td>{flags}</td>"
             f"<td>{_number(r.volume_ml, 0)}</td><td>{_number(r.seconds, 1)}</td>"
             f"<td>{_number(d.get('edge_fraction'), 3)}</td><td>{_number(d.get('uncertain_fraction'), 3)}</td>"
-            f"<td>{_number(d.get('flip_dice'), 3)}</td><td>{picture}</td></tr>")
+            f"<td>{_number(d.get('flip_dice'), 3)}</td><td>{_number(d.get('height_to_length'), 2)}</td>"
+            f"<td>{picture}</td></tr>")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>skullstrip QC report</title>
 <style>
@@ -352,9 +356,12 @@ th {{ cursor: pointer; background: #eee; }} img {{ height: 120px; }}
 <p>Flags: <b>volume</b> outside {PLAUSIBLE_BRAIN_ML[0]:.0f}&ndash;{PLAUSIBLE_BRAIN_ML[1]:.0f} mL;
 <b>fov-edge</b> more than {MAX_EDGE_FRACTION:.0%} of the mask on the image border;
 <b>low-confidence</b> wide band of uncertain distances (&gt; {MAX_UNCERTAIN_FRACTION});
-<b>flip-disagreement</b> Dice with the mirrored-input prediction below {MIN_FLIP_DICE}.</p>
+<b>flip-disagreement</b> Dice with the mirrored-input prediction below {MIN_FLIP_DICE};
+<b>taller-than-long</b> mask's superior-inferior extent over {MAX_HEIGHT_TO_LENGTH} times its anterior-posterior
+extent (a leak through the skull base into the neck).</p>
 <table id="cases"><thead><tr><th>case</th><th>status</th><th data-key="flags">flags</th><th>volume (mL)</th>
-<th>seconds</th><th>edge fraction</th><th>uncertain fraction</th><th>flip Dice</th><th>overlay</th></tr></thead>
+<th>seconds</th><th>edge fraction</th><th>uncertain fraction</th><th>flip Dice</th><th>height / length</th>
+<th>overlay</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>

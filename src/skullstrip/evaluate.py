@@ -375,8 +375,9 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | No
     """Run our model on every case, write one overlay PNG per case and ``index.html``.
 
     The table also gives numbers a person checks by eye: brain volume, the mean image
-    value inside the mask (HU for CT), and the fraction of the image's nonzero voxels
-    kept (for an already skull-stripped input it should be close to 1).
+    value inside the mask (HU for CT), the fraction of the image's nonzero voxels kept
+    (for an already skull-stripped input it should be close to 1), and the mask's height
+    over its length (above 1 when it leaked into the neck).
     """
     from tqdm import tqdm
 
@@ -397,6 +398,7 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | No
             rows.append({"case": case.case, "modality": case.modality, "volume_ml": result.volume_ml,
                          "mean_inside": float(volume[mask].mean()) if mask.any() else math.nan,
                          "nonzero_kept": float((mask & nonzero).sum() / max(nonzero.sum(), 1)),
+                         "height_to_length": result.diagnostics["height_to_length"],
                          "seconds": result.seconds, "error": ""})
         except Exception as error:
             rows.append({"case": case.case, "modality": case.modality, "error": str(error).splitlines()[0]})
@@ -410,21 +412,23 @@ def _write_qc_index(rows: list[dict], out_dir: Path) -> None:
     lines = ["<!doctype html><meta charset='utf-8'><title>skullstrip QC</title>",
              "<style>body{font-family:sans-serif;background:#111;color:#eee}td,th{padding:4px 8px}"
              "img{height:170px}</style><h1>skullstrip QC</h1><table><tr><th>case</th><th>modality</th>"
-             "<th>volume (mL)</th><th>mean inside</th><th>nonzero kept</th><th>s</th><th>overlay</th></tr>"]
+             "<th>volume (mL)</th><th>mean inside</th><th>nonzero kept</th><th>height / length</th><th>s</th>"
+             "<th>overlay</th></tr>"]
     for row in rows:
         if row.get("error"):
             lines.append(f"<tr><td>{html.escape(row['case'])}</td><td>{html.escape(row['modality'])}</td>"
-                         f"<td colspan=5>failed: {html.escape(row['error'])}</td></tr>")
+                         f"<td colspan=6>failed: {html.escape(row['error'])}</td></tr>")
             continue
         lines.append(f"<tr><td>{html.escape(row['case'])}</td><td>{html.escape(row['modality'])}</td>"
                      f"<td>{row['volume_ml']:.0f}</td><td>{row['mean_inside']:.1f}</td>"
-                     f"<td>{row['nonzero_kept']:.3f}</td><td>{row['seconds']:.1f}</td>"
+                     f"<td>{row['nonzero_kept']:.3f}</td><td>{row['height_to_length']:.2f}</td>"
+                     f"<td>{row['seconds']:.1f}</td>"
                      f"<td><img src='{html.escape(row['case'])}.png'></td></tr>")
     lines.append("</table>")
     (out_dir / "index.html").write_text("\n".join(lines))
     with (out_dir / "qc.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["case", "modality", "volume_ml", "mean_inside", "nonzero_kept", "seconds",
-                                         "error"], extrasaction="ignore")
+        writer = csv.DictWriter(handle, ["case", "modality", "volume_ml", "mean_inside", "nonzero_kept",
+                                         "height_to_length", "seconds", "error"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -315,7 +315,9 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
             reference = data
         sdt = distance(reference)
     mask = (sdt < 0).astype(np.uint8)
-    diagnostics["edge_fraction"] = _edge_fraction(mask if mask.ndim == 3 else mask[..., 0])
+    first_mask = mask if mask.ndim == 3 else mask[..., 0]
+    diagnostics["edge_fraction"] = _edge_fraction(first_mask)
+    diagnostics["height_to_length"] = _height_to_length(first_mask, affine)
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     volume_ml = float(mask.sum() * voxel_ml / (mask.shape[3] if mask.ndim == 4 else 1))
     stripped = _apply_mask(data, mask, options.fill)
@@ -391,6 +393,30 @@ def _edge_fraction(mask: np.ndarray) -> float:
             index[axis] = end
             faces[tuple(index)] = True
     return float((mask.astype(bool) & faces).sum() / total)
+
+
+def _height_to_length(mask: np.ndarray, affine: np.ndarray) -> float:
+    """The mask's superior-inferior extent over its anterior-posterior extent, in world mm.
+
+    A brain is longer than it is tall: the reference masks of ../shared/data/eval span
+    0.71-0.84, a head-and-neck T1 masked down to the foramen magnum 0.88. A mask that
+    leaked through the skull base into the neck becomes taller than long (1.08 for such
+    a leak), which neither the volume nor the field-of-view edge shows.
+    """
+    mask = mask.astype(bool, copy=False)
+    columns = mask.any(axis=2)
+    if not columns.any():
+        return 0.0
+    # a linear function of (i, j, k) is extreme at a column's first or last mask voxel, so
+    # two 2D index maps give exact world extents without listing every voxel
+    i, j = np.nonzero(columns)
+    first_k = mask.argmax(axis=2)[columns]
+    last_k = mask.shape[2] - 1 - mask[..., ::-1].argmax(axis=2)[columns]
+    ends = np.stack([np.concatenate([i, i]), np.concatenate([j, j]), np.concatenate([first_k, last_k])])
+    # world y and z of those voxel centres; only two rows of the affine are needed
+    posterior_anterior, inferior_superior = (affine[row, :3] @ ends for row in (1, 2))
+    length = float(np.ptp(posterior_anterior))
+    return float(np.ptp(inferior_superior)) / length if length > 0 else 0.0
 
 
 def _apply_mask(data: np.ndarray, mask: np.ndarray, fill: float | None) -> np.ndarray:
