@@ -358,7 +358,7 @@ th {{ cursor: pointer; background: #eee; }} img {{ height: 120px; }}
 <b>low-confidence</b> wide band of uncertain distances (&gt; {MAX_UNCERTAIN_FRACTION});
 <b>flip-disagreement</b> Dice with the mirrored-input prediction below {MIN_FLIP_DICE};
 <b>taller-than-long</b> mask's superior-inferior extent over {MAX_HEIGHT_TO_LENGTH} times its anterior-posterior
-extent (a leak through the skull base into the neck).</p>
+extent (a leak through the skull base into the neck, or a header that does not say which way is up).</p>
 <table id="cases"><thead><tr><th>case</th><th>status</th><th data-key="flags">flags</th><th>volume (mL)</th>
 <th>seconds</th><th>edge fraction</th><th>uncertain fraction</th><th>flip Dice</th><th>height / length</th>
 <th>overlay</th></tr></thead>

@@ -401,7 +401,9 @@ def _height_to_length(mask: np.ndarray, affine: np.ndarray) -> float:
     A brain is longer than it is tall: the reference masks of ../shared/data/eval span
     0.71-0.84, a head-and-neck T1 masked down to the foramen magnum 0.88. A mask that
     leaked through the skull base into the neck becomes taller than long (1.08 for such
-    a leak), which neither the volume nor the field-of-view edge shows.
+    a leak), which neither the volume nor the field-of-view edge shows. A head whose
+    header swaps the superior and anterior axes also measures above 1, which is as
+    worth a look.
     """
     mask = mask.astype(bool, copy=False)
     columns = mask.any(axis=2)
