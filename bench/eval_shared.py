@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skullstrip.batch import MAX_HEIGHT_TO_LENGTH
 from skullstrip.evaluate import evaluate_manifest, qc_manifest
 from skullstrip.infer import options_with
+from skullstrip.qc import MAX_HEIGHT_TO_LENGTH
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS = Path(__file__).parent / "results"

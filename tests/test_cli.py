@@ -159,3 +159,19 @@ def test_qc_command_writes_overlays_and_reports_a_failed_case(tmp_path, phantom_
     assert 0.5 < float(rows["phantom"]["height_to_length"]) < 1.0
     assert (tmp_path / "qc" / "phantom.png").stat().st_size > 0
     assert "phantom.png" in (tmp_path / "qc" / "index.html").read_text()
+
+
+def test_strip_warns_about_a_mask_taller_than_long_and_still_writes_it(tmp_path, phantom, phantom_world_affine,
+                                                                      capsys):
+    upright = tmp_path / "upright.nii.gz"
+    nib.Nifti1Image(phantom.image, phantom_world_affine).to_filename(upright)
+    code, _, err = run(["-i", upright, "-m", tmp_path / "upright_mask.nii.gz"], capsys)
+    assert code == 0 and "taller-than-long" not in err
+    # a header with 3 mm slices for 2 mm ones: the head is 1.5 times too tall in world space
+    stretched_affine = phantom_world_affine.copy()
+    stretched_affine[2, 2] *= 1.5
+    stretched = tmp_path / "stretched.nii.gz"
+    nib.Nifti1Image(phantom.image, stretched_affine).to_filename(stretched)
+    code, _, err = run(["-i", stretched, "-m", tmp_path / "stretched_mask.nii.gz"], capsys)
+    assert code == 0 and "warning" in err and "taller-than-long" in err
+    assert (tmp_path / "stretched_mask.nii.gz").exists()

@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skullstrip import __version__
+from skullstrip import __version__, qc
 from skullstrip.infer import StripOptions
 from skullstrip.io import write_atomically
 
@@ -32,11 +32,6 @@ log = logging.getLogger("skullstrip")
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 BIDS_DATATYPES = ("anat", "func", "dwi", "perf", "fmap")
-PLAUSIBLE_BRAIN_ML = (800.0, 2200.0)
-MAX_EDGE_FRACTION = 0.01
-MAX_UNCERTAIN_FRACTION = 0.12
-MIN_FLIP_DICE = 0.95
-MAX_HEIGHT_TO_LENGTH = 1.0  # real brains 0.71-0.88 (see skullstrip.infer._height_to_length)
 
 
 @dataclass(frozen=True)
@@ -188,9 +183,7 @@ def run_job(job: Job, options: StripOptions) -> Record:
     """
     started = time.perf_counter()
     try:
-
         from skullstrip.infer import strip_file
-        from skullstrip.qc import overlay_png
 
         for path in (job.mask, job.stripped, job.sidecar, job.thumbnail):
             if path.exists() and job.image.exists() and os.path.samefile(path, job.image):
@@ -200,8 +193,8 @@ def run_job(job: Job, options: StripOptions) -> Record:
                             json_path=str(job.sidecar), options=options, overwrite=True)
         mask = result.mask if result.mask.ndim == 3 else result.mask[..., 0]
         source = result.data
-        overlay_png(job.thumbnail, source if source.ndim == 3 else source[..., 0], mask, result.reference.affine,
-                    title=f"{job.key}  {result.volume_ml:.0f} mL", dpi=50)
+        qc.overlay_png(job.thumbnail, source if source.ndim == 3 else source[..., 0], mask, result.reference.affine,
+                       title=f"{job.key}  {result.volume_ml:.0f} mL", dpi=50)
         record = Record(job.key, str(job.image), "done", result.volume_ml, time.perf_counter() - started,
                         dict(result.diagnostics), thumbnail=str(job.thumbnail))
         record.flags = qc_flags(record)
@@ -223,20 +216,8 @@ def record_from_sidecar(job: Job) -> Record:
 
 
 def qc_flags(record: Record) -> list[str]:
-    """Automatic reasons to look at a case."""
-    flags = []
-    if record.volume_ml is not None and not PLAUSIBLE_BRAIN_ML[0] <= record.volume_ml <= PLAUSIBLE_BRAIN_ML[1]:
-        flags.append("volume")
-    diagnostics = record.diagnostics
-    if diagnostics.get("edge_fraction", 0) > MAX_EDGE_FRACTION:
-        flags.append("fov-edge")
-    if diagnostics.get("uncertain_fraction", 0) > MAX_UNCERTAIN_FRACTION:
-        flags.append("low-confidence")
-    if diagnostics.get("flip_dice", 1) < MIN_FLIP_DICE:
-        flags.append("flip-disagreement")
-    if diagnostics.get("height_to_length", 0) > MAX_HEIGHT_TO_LENGTH:
-        flags.append("taller-than-long")
-    return flags
+    """Automatic reasons to look at a case (``skullstrip.qc.flags``)."""
+    return qc.flags(record.volume_ml, record.diagnostics)
 
 
 def _limit_threads(threads: int) -> None:
@@ -341,6 +322,7 @@ def write_report(records: Sequence[Record], path: Path) -> Path:
             f"<td>{_number(d.get('edge_fraction'), 3)}</td><td>{_number(d.get('uncertain_fraction'), 3)}</td>"
             f"<td>{_number(d.get('flip_dice'), 3)}</td><td>{_number(d.get('height_to_length'), 2)}</td>"
             f"<td>{picture}</td></tr>")
+    flag_legend = "; ".join(f"<b>{name}</b> {html.escape(meaning)}" for name, meaning in qc.FLAG_MEANINGS.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>skullstrip QC report</title>
 <style>
@@ -353,12 +335,7 @@ th {{ cursor: pointer; background: #eee; }} img {{ height: 120px; }}
 <h1>skullstrip QC report</h1>
 <p>{len(records)} scans: {counts['done']} stripped now, {counts['skipped']} complete from an earlier run,
 {counts['failed']} failed; {flagged} flagged. skullstrip {__version__}. Click a column header to sort.</p>
-<p>Flags: <b>volume</b> outside {PLAUSIBLE_BRAIN_ML[0]:.0f}&ndash;{PLAUSIBLE_BRAIN_ML[1]:.0f} mL;
-<b>fov-edge</b> more than {MAX_EDGE_FRACTION:.0%} of the mask on the image border;
-<b>low-confidence</b> wide band of uncertain distances (&gt; {MAX_UNCERTAIN_FRACTION});
-<b>flip-disagreement</b> Dice with the mirrored-input prediction below {MIN_FLIP_DICE};
-<b>taller-than-long</b> mask's superior-inferior extent over {MAX_HEIGHT_TO_LENGTH} times its anterior-posterior
-extent (a leak through the skull base into the neck, or a header that does not say which way is up).</p>
+<p>Flags: {flag_legend}.</p>
 <table id="cases"><thead><tr><th>case</th><th>status</th><th data-key="flags">flags</th><th>volume (mL)</th>
 <th>seconds</th><th>edge fraction</th><th>uncertain fraction</th><th>flip Dice</th><th>height / length</th>
 <th>overlay</th></tr></thead>

@@ -81,6 +81,7 @@ def _add_intensity_rule_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_strip(args: argparse.Namespace) -> int:
+    from skullstrip import qc
     from skullstrip.infer import options_with, strip_file
 
     if not (args.out or args.mask or args.sdt):
@@ -94,6 +95,9 @@ def _run_strip(args: argparse.Namespace) -> int:
                         overwrite=args.force)
     if not args.quiet:
         print(f"{args.image}: brain volume {result.volume_ml:.0f} mL, {result.seconds:.1f} s")
+    # the mask is written either way: a flag asks for a look, it is not an error
+    for flag in qc.flags(result.volume_ml, result.diagnostics):
+        print(f"skullstrip: warning: {args.image}: {flag}: {qc.FLAG_MEANINGS[flag]}; check the mask", file=sys.stderr)
     return EXIT_OK
 
 

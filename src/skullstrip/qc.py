@@ -1,8 +1,10 @@
-"""Pictures a person can judge a mask by: three orthogonal planes with the mask outline.
+"""What a person judges a mask by: automatic flags and pictures.
 
-Images are shown in world orientation (reoriented to RAS with nibabel, radiological
-habits aside: left is left), with robust intensity windowing so CT, PET and MRI all
-show their anatomy.
+``flags`` turns a result's brain volume and diagnostics into named reasons to look at
+it (the batch report shows them; ``skullstrip -i`` prints them as warnings). The
+pictures are three orthogonal planes with the mask outline, in world orientation
+(reoriented to RAS with nibabel, radiological habits aside: left is left), with robust
+intensity windowing so CT, PET and MRI all show their anatomy.
 """
 
 from __future__ import annotations
@@ -13,6 +15,38 @@ from pathlib import Path
 import numpy as np
 
 OUTLINE_COLOUR = "#ff3030"
+
+PLAUSIBLE_BRAIN_ML = (800.0, 2200.0)
+MAX_EDGE_FRACTION = 0.01
+MAX_UNCERTAIN_FRACTION = 0.12
+MIN_FLIP_DICE = 0.95
+MAX_HEIGHT_TO_LENGTH = 1.0  # real brains 0.71-0.88 (see skullstrip.infer._height_to_length)
+
+FLAG_MEANINGS = {
+    "volume": f"brain volume outside {PLAUSIBLE_BRAIN_ML[0]:.0f}-{PLAUSIBLE_BRAIN_ML[1]:.0f} mL",
+    "fov-edge": f"more than {MAX_EDGE_FRACTION:.0%} of the mask on the image border",
+    "low-confidence": f"wide band of uncertain distances (more than {MAX_UNCERTAIN_FRACTION} of the brain)",
+    "flip-disagreement": f"Dice with the mirrored-input prediction below {MIN_FLIP_DICE}",
+    "taller-than-long": f"superior-inferior extent over {MAX_HEIGHT_TO_LENGTH} times the anterior-posterior "
+                        "extent (a leak through the skull base into the neck, or a header that does not say "
+                        "which way is up)",
+}
+
+
+def flags(volume_ml: float | None, diagnostics: dict[str, float]) -> list[str]:
+    """Automatic reasons to look at a mask, as keys of ``FLAG_MEANINGS``."""
+    found = []
+    if volume_ml is not None and not PLAUSIBLE_BRAIN_ML[0] <= volume_ml <= PLAUSIBLE_BRAIN_ML[1]:
+        found.append("volume")
+    if diagnostics.get("edge_fraction", 0) > MAX_EDGE_FRACTION:
+        found.append("fov-edge")
+    if diagnostics.get("uncertain_fraction", 0) > MAX_UNCERTAIN_FRACTION:
+        found.append("low-confidence")
+    if diagnostics.get("flip_dice", 1) < MIN_FLIP_DICE:
+        found.append("flip-disagreement")
+    if diagnostics.get("height_to_length", 0) > MAX_HEIGHT_TO_LENGTH:
+        found.append("taller-than-long")
+    return found
 
 
 def _canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
