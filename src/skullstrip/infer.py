@@ -405,7 +405,7 @@ def _height_to_length(mask: np.ndarray, affine: np.ndarray) -> float:
     header swaps the superior and anterior axes also measures above 1, which is as
     worth a look.
     """
-    mask = mask.astype(bool, copy=False)
+    # the uint8 mask is used as it is: argmax finds a column's first 1 without a boolean copy
     columns = mask.any(axis=2)
     if not columns.any():
         return 0.0
