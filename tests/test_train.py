@@ -183,3 +183,12 @@ def test_model_wrapper_matches_network():
     with torch.no_grad():
         direct = network(torch.from_numpy(image)[None, None])[0].numpy() * 10
     np.testing.assert_allclose(Model.from_network(network).predict(image), direct, rtol=1e-5, atol=1e-5)
+
+
+def test_far_false_positive_weight_only_adds_to_far_leaks():
+    sdt = torch.linspace(-15, 15, 16**3).reshape(1, 1, 16, 16, 16).repeat(1, 2, 1, 1, 1)
+    leak = sdt / 10
+    leak[..., -2:] = -1.0  # the last slab (8-15 mm outside) called brain
+    near_miss = sdt / 10 - 0.3  # everything 3 mm too big: a boundary error, not a leak
+    assert float(loss_function(leak, sdt, 4.0)[0]) > float(loss_function(leak, sdt)[0]) + 0.05
+    assert float(loss_function(near_miss, sdt, 4.0)[0]) == pytest.approx(float(loss_function(near_miss, sdt)[0]))
