@@ -389,7 +389,7 @@ def _formatted(row: dict) -> dict:
 
 
 def plot_curves(log_path: Path, png_path: Path) -> None:
-    """Training loss (smoothed) and validation Dice against step."""
+    """Training loss (smoothed) and validation Dice against step (and the far leak, when logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -418,12 +418,20 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
             right.plot([int(r["step"]) for r in real], [float(r["real_dice"]) for r in real], "s-",
                        label="real scans Dice (monitoring only)")
         right.set_ylim(0.7, 1.0)
+        far = [r for r in val_rows if r.get("val_far_ml")]
+        if far:
+            leak_axis = right.twinx()
+            leak_axis.plot([int(r["step"]) for r in far], [float(r["val_far_ml"]) for r in far], "^--",
+                           color="C3", label="synthetic: mL called brain > 6 mm outside")
+            leak_axis.set_ylabel("mL")
+            leak_axis.set_ylim(bottom=0)
+            leak_axis.legend(loc="upper right")
     left.set_xlabel("step")
     left.set_yscale("log")
     left.legend()
     right.set_xlabel("step")
     if val_rows:  # a resumed run's first minutes have no validation yet
-        right.legend()
+        right.legend(loc="lower left")
     right.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(png_path, dpi=80)
