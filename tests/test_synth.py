@@ -153,6 +153,29 @@ def test_add_neck_narrows_below_the_head_and_varies_with_the_seed(procedural_ana
     assert {synth.MUSCLE, synth.FAT, synth.VESSEL, synth.MARROW} <= set(np.unique(necks[0]))
 
 
+def test_neck_junction_continues_the_last_slice_instead_of_a_flat_plane(procedural_anatomy):
+    labels = procedural_anatomy.labels[:, :, 40:]
+    rng = np.random.default_rng
+    plain = synth.add_neck(labels, length_mm=60, rng=rng(3))
+    joined = synth.add_neck(labels, length_mm=60, rng=rng(3), junction_mm=(10, 30))
+    np.testing.assert_array_equal(joined[:, :, 60:], labels)
+    # without a junction the old necks stay as they were (earlier recipes replay)
+    np.testing.assert_array_equal(plain, synth.add_neck(labels, length_mm=60, rng=rng(3)))
+
+    def agreement_with_last_slice(neck: np.ndarray, depth: int) -> float:
+        soft = ~np.isin(labels[:, :, 0], (synth.AIR, synth.SKULL, synth.MARROW, synth.DURA,
+                                          synth.CSF, synth.GM, synth.WM, synth.SKIN, synth.FAT))
+        return float((neck[:, :, 60 - depth][soft] == labels[:, :, 0][soft]).mean())
+
+    # the deep soft tissue of the last slice carries on for at least 10 mm, then the mixture
+    assert agreement_with_last_slice(joined, 5) > agreement_with_last_slice(plain, 5) + 0.2
+    assert agreement_with_last_slice(joined, 50) < agreement_with_last_slice(joined, 5)
+    # the brain still ends where it did: no bone or brain label is carried into the neck
+    assert not np.isin(joined[:, :, 20:60], (synth.GM, synth.DURA)).any()
+    np.testing.assert_array_equal(synth.anatomy_from_labels(joined, "j").sdt_brain[:, :, 60:] < 0,
+                                  synth.anatomy_from_labels(plain, "p").sdt_brain[:, :, 60:] < 0)
+
+
 def test_skull_stripped_input_keeps_only_the_brain_and_its_margin():
     sdt = np.linspace(-10, 10, 21, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
     image = np.random.default_rng(0).uniform(1, 2, sdt.shape).astype(np.float32)

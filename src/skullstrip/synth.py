@@ -182,7 +182,8 @@ def cut_below_brainstem(mask: np.ndarray, min_area_mm2: float = 1000.0, keep_mm:
     return largest_component(cut)
 
 
-def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator | None = None) -> np.ndarray:
+def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator | None = None,
+             junction_mm: tuple[int, int] | None = None) -> np.ndarray:
     """Extend a label map that ends at the skull base with a neck and jaw below it.
 
     BrainWeb heads stop about a centimetre below the cerebellum, so a network trained on
@@ -195,6 +196,15 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
     (white matter) in CSF inside a vertebral ring and body (bone, marrow); an airway;
     carotid and jugular vessels; and a U of mandible bone. ``rng`` draws the neck's
     proportions (a fixed default neck without it). 1 mm RAS label maps only.
+
+    ``junction_mm`` (low, high) hides where the label map ended. Without it every neck
+    starts with a flat plane where all tissues change at once, about a centimetre below
+    the cerebellum: a network can learn "the brain ends just above that plane", a cue no
+    real scan has (networks trained so called 20 mL more of the neck brain when the plane
+    moved 20 mm down). With it, the deep tissues of the last slice continue down (their
+    bone, dura and brain labels becoming muscle, as neck muscles run lengthwise from the
+    skull base) to a depth that varies smoothly across the neck between ``low`` and
+    ``high`` mm, and the random mixture starts only below that.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     bottom = labels[:, :, 0]
@@ -239,6 +249,14 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
     fat_above, connective_below = rng.uniform(0.3, 0.8), -rng.uniform(0.5, 1.0)
     mixture = np.where(texture > fat_above, FAT, np.where(texture < connective_below, CONNECTIVE, MUSCLE))
 
+    # drawn after every earlier draw so that necks without a junction stay as they were
+    continued_depth = None
+    if junction_mm is not None:
+        low, high = junction_mm
+        field01 = (_smooth_noise(rng, bottom.shape, control=4, amplitude=1.0) + 1) / 2
+        continued_depth = low + (high - low) * np.clip(field01, 0, 1)
+        continued = np.where(np.isin(bottom, (SKULL, MARROW, DURA, CSF, GM, WM)), MUSCLE, bottom)
+
     slices = []
     for depth in range(length_mm, 0, -1):  # from the lowest new slice up to the old bottom
         shrink = 1 - 0.25 * min(depth / narrowing_mm, 1.0)
@@ -254,7 +272,10 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
         neck[outline] = SKIN
         neck[ndi.binary_erosion(outline, iterations=2)] = FAT
         deep = ndi.binary_erosion(outline, iterations=5)
-        neck[deep] = mixture[..., length_mm - depth][deep]
+        tissue = mixture[..., length_mm - depth]
+        if continued_depth is not None:
+            tissue = np.where(depth <= continued_depth, continued, tissue)
+        neck[deep] = tissue[deep]
         if depth < chin_depth:  # mandible: a bony band along the jaw's front and sides
             band = deep & ~ndi.binary_erosion(deep, iterations=6) & (y > cord[1] + 25) & jaw
             sides_and_front = (np.abs(dx) > neck_half_width * mandible_inner) | (y > cord[1] + 45)
@@ -1090,18 +1111,21 @@ class SyntheticHeads:
             seed += 1
 
 
-def load_anatomies(paths: Sequence[str | Path], atrophy_mm: Sequence[int] = (0,)) -> list[Anatomy]:
+def load_anatomies(paths: Sequence[str | Path], atrophy_mm: Sequence[int] = (0,),
+                   neck_junction_mm: Sequence[int] | None = None) -> list[Anatomy]:
     """Label maps from files with their brain distance maps (about 5 s each).
 
-    Each map is given a neck (:func:`add_neck`) and an atrophy (:func:`atrophy`) of a
-    thickness drawn from ``atrophy_mm``, both from a seed made of the file's name so that
-    every run and every worker sees the same anatomy for a subject.
+    Each map is given a neck (:func:`add_neck`, whose ``junction_mm`` is
+    ``neck_junction_mm``) and an atrophy (:func:`atrophy`) of a thickness drawn from
+    ``atrophy_mm``, both from a seed made of the file's name so that every run and every
+    worker sees the same anatomy for a subject.
     """
+    junction = None if neck_junction_mm is None else (int(neck_junction_mm[0]), int(neck_junction_mm[1]))
     anatomies = []
     for path in paths:
         name = Path(path).name.split(".")[0]
         rng = np.random.default_rng(zlib.crc32(name.encode()))  # each subject keeps its own neck
-        labels = add_neck(load_label_map(path), length_mm=int(rng.integers(50, 101)), rng=rng)
+        labels = add_neck(load_label_map(path), length_mm=int(rng.integers(50, 101)), rng=rng, junction_mm=junction)
         labels = atrophy(labels, thickness_mm=int(rng.choice(np.asarray(atrophy_mm))))
         anatomies.append(anatomy_from_labels(labels, name))
     return anatomies

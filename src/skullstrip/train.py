@@ -63,6 +63,10 @@ class TrainConfig:
     # atrophy of each BrainWeb subject, drawn from these thicknesses (synth.atrophy);
     # run3 used [0, 0, 1, 2] and its network then took bright scalp fat for CSF on T2/T1
     atrophy_mm: list[int] = field(default_factory=lambda: [0])
+    # [low, high] mm: the label maps' last slice continues down into the neck this far
+    # (synth.add_neck's junction_mm) so no flat plane marks where the brain ends; None
+    # keeps the necks of the runs before run16
+    neck_junction_mm: list[int] | None = None
     # checkpoint whose network weights start this run (the optimiser and step start
     # afresh); layers the checkpoint lacks, e.g. new refine blocks, keep their own init
     init_from: str | None = None
@@ -173,11 +177,13 @@ def split_label_maps(labels_dir: str | Path, n_validation: int) -> tuple[list[Pa
 class _TrainingAnatomies:
     """Picklable factory so worker processes load the label maps themselves."""
 
-    def __init__(self, paths: list[Path], procedural: int, seed: int, atrophy_mm: Sequence[int] = (0,)) -> None:
+    def __init__(self, paths: list[Path], procedural: int, seed: int, atrophy_mm: Sequence[int] = (0,),
+                 neck_junction_mm: Sequence[int] | None = None) -> None:
         self.paths, self.procedural, self.seed, self.atrophy_mm = paths, procedural, seed, tuple(atrophy_mm)
+        self.neck_junction_mm = neck_junction_mm
 
     def __call__(self) -> list[synth.Anatomy]:
-        return (synth.load_anatomies(self.paths, self.atrophy_mm)
+        return (synth.load_anatomies(self.paths, self.atrophy_mm, self.neck_junction_mm)
                 + synth.procedural_anatomies(self.procedural, self.seed))
 
 
@@ -219,8 +225,9 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     train_paths, validation_paths = split_label_maps(labels_dir, config.validation_subjects)
     synth_config = config.synth_config()
     validation_set = _validation_samples(validation_paths, synth_config, config)
-    stream = SyntheticStream(_TrainingAnatomies(train_paths, config.procedural_heads, config.seed, config.atrophy_mm),
-                             synth_config, config.seed, step)
+    anatomies = _TrainingAnatomies(train_paths, config.procedural_heads, config.seed, config.atrophy_mm,
+                                   config.neck_junction_mm)
+    stream = SyntheticStream(anatomies, synth_config, config.seed, step)
     loader = DataLoader(stream, batch_size=None, num_workers=config.workers,
                         persistent_workers=config.workers > 0, prefetch_factor=2 if config.workers else None)
     log = _CsvLog(out_dir / "log.csv")
@@ -313,7 +320,8 @@ def _stop_requested(out_dir: Path) -> bool:
 
 
 def _validation_samples(paths: list[Path], config: synth.SynthConfig, train_config: TrainConfig) -> list[dict]:
-    generator = synth.SyntheticHeads(synth.load_anatomies(paths, train_config.atrophy_mm), config)
+    anatomies = synth.load_anatomies(paths, train_config.atrophy_mm, train_config.neck_junction_mm)
+    generator = synth.SyntheticHeads(anatomies, config)
     modalities = synth.MODALITIES
     return [to_tensors(generator.sample(10**9 + i, modalities[i % len(modalities)]))
             for i in range(train_config.validation_samples)]
