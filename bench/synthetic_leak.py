@@ -1,6 +1,6 @@
 """Where networks call non-brain "brain" on held-out synthetic heads with necks.
 
-Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--name NAME]
+Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH] [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This
@@ -14,6 +14,9 @@ is compared with the generator's brain+CSF target:
 - ``dice``;
 - ``far_ml``: mL called brain more than 6 mm outside the target (leaks, not edges);
 - ``below_ml``: mL called brain below the target's lowest slice (the lower edge).
+
+``--junction LOW,HIGH`` builds the necks with ``add_neck``'s ``junction_mm`` (no flat
+plane where the label map ended), the necks of run16's recipe.
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_leak unless ``--name``).
 """
@@ -52,11 +55,14 @@ def main() -> None:
                         help="NAME=FILE of an exported network (repeatable); default: the shipped weights")
     parser.add_argument("--labels", default=str(SHARED / "data" / "labelmaps" / "brainweb"))
     parser.add_argument("--n", type=int, default=15)
+    parser.add_argument("--junction", help="LOW,HIGH mm of add_neck's junction_mm (default: flat junction)")
     parser.add_argument("--name", default="synthetic_leak")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
+    junction = [int(v) for v in args.junction.split(",")] if args.junction else None
 
-    anatomies = synth.load_anatomies(synth.brainweb_paths(args.labels)[-HELD_OUT_SUBJECTS:])
+    paths = synth.brainweb_paths(args.labels)[-HELD_OUT_SUBJECTS:]
+    anatomies = synth.load_anatomies(paths, neck_junction_mm=junction)
     config = synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0,
                                p_deface=0, p_skull_stripped=0, p_mri_family=0.8)
     generator = synth.SyntheticHeads(anatomies, config)
@@ -76,9 +82,10 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    specs = " ".join(f"--model {spec}" for spec in args.model)
+    options = " ".join([f"--model {spec}" for spec in args.model] + [f"--n {args.n}"]
+                       + ([f"--junction {args.junction}"] if args.junction else []))
     lines = ["# Leaks on held-out synthetic heads with necks", "",
-             f"Command: `python bench/synthetic_leak.py {specs} --n {args.n}`".replace("  ", " "), "",
+             f"Command: `python bench/synthetic_leak.py {options}`", "",
              f"{args.n} samples of the {HELD_OUT_SUBJECTS} held-out BrainWeb subjects, modalities in turn "
              f"({', '.join(synth.MODALITIES)}), default border and opening. far: mL called brain more than "
              f"{FAR_OUTSIDE_MM:g} mm outside the target; below: mL below the target's lowest slice.", "",
