@@ -200,8 +200,8 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
     ``junction_mm`` (low, high) hides where the label map ended. Without it every neck
     starts with a flat plane where all tissues change at once, about a centimetre below
     the cerebellum: a network can learn "the brain ends just above that plane", a cue no
-    real scan has (networks trained so called 20 mL more of the neck brain when the plane
-    moved 20 mm down). With it, the deep tissues of the last slice continue down (their
+    real scan has (run9, run12 and run13 called 24-42 mL more of the neck brain when the
+    plane moved 20 mm down with the brain unmoved). With it, the deep tissues of the last slice continue down (their
     bone, dura and brain labels becoming muscle, as neck muscles run lengthwise from the
     skull base) to a depth that varies smoothly across the neck between ``low`` and
     ``high`` mm, and the random mixture starts only below that.
