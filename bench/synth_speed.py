@@ -30,11 +30,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "synth_speed.md"))
     args = parser.parse_args()
 
+    recipe = TrainConfig.load(args.config) if args.config else TrainConfig()
     clock = time.perf_counter()
-    anatomies = (synth.load_anatomies(synth.brainweb_paths(args.labels)[:2]) if args.labels
-                 else synth.procedural_anatomies(2))
+    anatomies = (synth.load_anatomies(synth.brainweb_paths(args.labels)[:2], recipe.atrophy_mm, recipe.neck_junction_mm)
+                 if args.labels else synth.procedural_anatomies(2))
     load_seconds = (time.perf_counter() - clock) / len(anatomies)
-    settings = TrainConfig.load(args.config).synth_config() if args.config else synth.SynthConfig()
+    settings = recipe.synth_config()
     options = (f"--labels {args.labels} " if args.labels else "") + (f"--config {args.config} " if args.config else "")
     lines = ["# Synthetic generator speed", "",
              f"Command: `python bench/synth_speed.py {options}--n {args.n}`",
