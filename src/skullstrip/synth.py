@@ -201,10 +201,11 @@ def add_neck(labels: np.ndarray, length_mm: int = 80, rng: np.random.Generator |
     starts with a flat plane where all tissues change at once, about a centimetre below
     the cerebellum: a network can learn "the brain ends just above that plane", a cue no
     real scan has (run9, run12 and run13 called 24-42 mL more of the neck brain when the
-    plane moved 20 mm down with the brain unmoved). With it, the deep tissues of the last slice continue down (their
-    bone, dura and brain labels becoming muscle, as neck muscles run lengthwise from the
-    skull base) to a depth that varies smoothly across the neck between ``low`` and
-    ``high`` mm, and the random mixture starts only below that.
+    plane moved 20 mm down with the brain unmoved). With it, the deep tissues of the last
+    slice continue down (their bone, dura and brain labels becoming muscle, as neck
+    muscles run lengthwise from the skull base) to a depth that varies smoothly across
+    the neck between ``low`` and ``high`` mm, and the random mixture starts only below
+    that.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     bottom = labels[:, :, 0]
