@@ -163,3 +163,32 @@ def test_resize_linear_equals_scipy_zoom(shape):
     zoom = [n / m for n, m in zip(shape, coarse.shape)]
     expected = ndi.zoom(coarse, zoom, order=1, grid_mode=True, mode="nearest")
     np.testing.assert_allclose(synth.resize_linear(coarse, shape), expected, atol=1e-5)
+
+
+def test_identity_intensity_curve_changes_nothing(volume):
+    np.testing.assert_allclose(synth.IntensityCurve((0.0, 1.0), (0.0, 1.0))(volume), volume, atol=1e-6)
+
+
+def test_intensity_curve_keeps_tissue_order_and_range(volume):
+    curve = synth.IntensityCurve((0.0, 0.2, 0.5, 1.0), (0.0, 0.6, 0.65, 1.0))
+    remapped = curve(volume)
+    order = np.argsort(volume, axis=None)
+    assert np.all(np.diff(remapped.ravel()[order]) >= -1e-6)
+    assert remapped.min() == pytest.approx(volume.min()) and remapped.max() == pytest.approx(volume.max())
+    # the segment 0.2-0.5 of the range has slope 0.05 / 0.3: a band inside it shrinks six times
+    scaled = (volume - volume.min()) / (volume.max() - volume.min())
+    band = (scaled > 0.25) & (scaled < 0.45)
+    assert np.ptp(remapped[band]) == pytest.approx(np.ptp(volume[band]) / 6, rel=1e-3)
+
+
+def test_intensity_curve_off_draws_nothing_ct_gets_none_and_on_is_monotone():
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    assert synth.sample_intensity_curve(rng, synth.SynthConfig(), "mri") is None
+    assert rng.random() == twin.random()
+    config = synth.config_with(p_intensity_curve=1.0)
+    assert synth.sample_intensity_curve(np.random.default_rng(0), config, "ct") is None
+    for seed in range(20):
+        curve = synth.sample_intensity_curve(np.random.default_rng(seed), config, "mri")
+        assert len(curve.knots_in) == config.intensity_curve_knots + 2
+        for knots in (curve.knots_in, curve.knots_out):
+            assert knots[0] == 0.0 and knots[-1] == 1.0 and np.all(np.diff(knots) >= 0)

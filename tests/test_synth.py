@@ -351,3 +351,11 @@ def test_mri_family_share_sets_how_often_a_named_contrast_is_drawn(p_mri_family,
     rng = np.random.default_rng(5)
     named = [is_named_mri_contrast(synth.sample_tissue_contrast(rng, "mri", p_mri_family).means) for _ in range(400)]
     assert np.mean(named) == pytest.approx(expected, abs=0.07)
+
+
+def test_intensity_curve_changes_the_image_but_not_the_targets(procedural_anatomy):
+    samples = [synth.SyntheticHeads([procedural_anatomy], synth.config_with(shape=(48, 48, 48), voxel_mm=3.0,
+                                                                           p_intensity_curve=p)).sample(5, "mri")
+               for p in (0.0, 1.0)]
+    np.testing.assert_array_equal(samples[0].sdt_brain, samples[1].sdt_brain)
+    assert not np.array_equal(samples[0].image, samples[1].image)
