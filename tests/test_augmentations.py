@@ -187,8 +187,14 @@ def test_intensity_curve_off_draws_nothing_ct_gets_none_and_on_is_monotone():
     assert rng.random() == twin.random()
     config = synth.config_with(p_intensity_curve=1.0)
     assert synth.sample_intensity_curve(np.random.default_rng(0), config, "ct") is None
-    for seed in range(20):
+    ratios = []
+    for seed in range(200):
         curve = synth.sample_intensity_curve(np.random.default_rng(seed), config, "mri")
         assert len(curve.knots_in) == config.intensity_curve_knots + 2
         for knots in (curve.knots_in, curve.knots_out):
             assert knots[0] == 0.0 and knots[-1] == 1.0 and np.all(np.diff(knots) >= 0)
+        widths = np.diff(curve.knots_in)
+        slopes = np.diff(curve.knots_out)[widths > 1e-3] / widths[widths > 1e-3]
+        ratios.append(slopes.max() / slopes.min())
+    # log-normal slopes with SD 0.7: the steepest segment is a few times the flattest, rarely 30 times
+    assert 2 < np.median(ratios) < 8 and np.quantile(ratios, 0.99) < 40

@@ -108,6 +108,7 @@ class SynthConfig:
     # but CT; off by default so that earlier recipes replay bit for bit
     p_intensity_curve: float = 0.0
     intensity_curve_knots: int = 3
+    intensity_curve_log_slope_std: float = 0.7  # SD of each segment's log slope
 
 
 # --------------------------------------------------------------------------- anatomy
@@ -956,16 +957,25 @@ class IntensityCurve:
 
 def sample_intensity_curve(rng: np.random.Generator, config: SynthConfig, modality: str) -> IntensityCurve | None:
     """With ``p_intensity_curve`` (not CT, whose Hounsfield units are physical), a curve
-    through ``intensity_curve_knots`` inner knots whose positions and values are sorted
-    uniform draws: each segment's slope is random, so any band can be squeezed or
-    stretched."""
+    through ``intensity_curve_knots`` inner knots at sorted uniform positions, each
+    segment's slope log-normal (SD ``intensity_curve_log_slope_std``) and the whole
+    rescaled to end at 1.
+
+    Bounded slopes rather than free knot values: with free values one segment can be
+    ten times steeper than the rest, turning the noise in the air into a bright speckle
+    and the head into one flat grey, which no scanner produces; with an SD of 0.7 the
+    steepest of four segments is about 3 to 6 times the flattest, enough to squeeze the
+    brain's band to a third of its width and stretch the next one.
+    """
     # with the probability at 0 no number is drawn, so older recipes replay exactly
     if modality == "ct" or config.p_intensity_curve <= 0 or rng.random() >= config.p_intensity_curve:
         return None
-    inner = config.intensity_curve_knots
-    knots_in = (0.0, *np.sort(rng.uniform(0, 1, inner)).tolist(), 1.0)
-    knots_out = (0.0, *np.sort(rng.uniform(0, 1, inner)).tolist(), 1.0)
-    return IntensityCurve(knots_in, knots_out)
+    knots_in = np.concatenate([[0.0], np.sort(rng.uniform(0, 1, config.intensity_curve_knots)), [1.0]])
+    slopes = np.exp(rng.normal(0, config.intensity_curve_log_slope_std, len(knots_in) - 1))
+    rises = np.cumsum(np.diff(knots_in) * slopes)
+    knots_out = np.concatenate([[0.0], rises / rises[-1]])
+    knots_out[-1] = 1.0
+    return IntensityCurve(tuple(knots_in.tolist()), tuple(knots_out.tolist()))
 
 
 @dataclass(frozen=True)
