@@ -359,3 +359,18 @@ def test_intensity_curve_changes_the_image_but_not_the_targets(procedural_anatom
                for p in (0.0, 1.0)]
     np.testing.assert_array_equal(samples[0].sdt_brain, samples[1].sdt_brain)
     assert not np.array_equal(samples[0].image, samples[1].image)
+
+
+def test_low_contrast_t1_replaces_mri_means_only_and_off_draws_nothing():
+    config = synth.config_with(p_low_contrast_t1=1.0)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        means = synth.sample_low_contrast_t1(rng, synth.sample_tissue_contrast(rng, "mri"), config).means
+        np.testing.assert_allclose(means, synth.LOW_CONTRAST_T1_MEANS, atol=5 * synth.MRI_FAMILY_JITTER / 2)
+    ct = synth.sample_tissue_contrast(np.random.default_rng(0), "ct")
+    assert synth.sample_low_contrast_t1(np.random.default_rng(0), ct, config) is ct
+    rng, twin = np.random.default_rng(4), np.random.default_rng(4)
+    mri = synth.sample_tissue_contrast(rng, "mri")
+    synth.sample_tissue_contrast(twin, "mri")
+    assert synth.sample_low_contrast_t1(rng, mri, synth.SynthConfig()) is mri
+    assert rng.random() == twin.random()

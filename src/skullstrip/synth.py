@@ -99,6 +99,7 @@ class SynthConfig:
     p_skull_thickening: float = 0.0
     skull_thickening_mm: tuple[int, int] = (2, 6)
     p_brainlike_bone: float = 0.0  # MRI bone as grey as the brain (sample_brainlike_bone)
+    p_low_contrast_t1: float = 0.0  # MRI as a clinical spin-echo T1w (sample_low_contrast_t1)
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -654,6 +655,31 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family
     return TissueContrast(means=means, stds=stds, modality=modality)
 
 
+# Clinical spin-echo T1w (1.5 T, thick slices) of ../shared/data/eval, after the percentile
+# normalisation: brain median 0.32-0.39 with its 10th-90th percentiles 0.25-0.44 (grey and
+# white matter barely apart), the 0-4 mm band outside the brain 0.12-0.16, scalp fat 0.8-0.95.
+LOW_CONTRAST_T1_MEANS = (0.02, 0.16, 0.31, 0.39, 0.95, 0.3, 0.45, 0.05, 0.35, 0.5, 0.3, 0.8)
+
+
+def sample_low_contrast_t1(rng: np.random.Generator, contrast: TissueContrast,
+                           config: SynthConfig) -> TissueContrast:
+    """With ``p_low_contrast_t1`` (MRI only), the tissue means of a clinical spin-echo T1w.
+
+    The named T1 contrast (grey matter 0.55, white 0.8, CSF 0.15) puts the cortex 3.7
+    times above the CSF and well apart from white matter. Clinical T1w scans show the
+    cortex only about 2.5 times above the CSF, grey and white matter nearly equal, and
+    scalp fat twice as bright as the brain, so after normalisation the brain sits in a
+    narrow band at a third of the range (:data:`LOW_CONTRAST_T1_MEANS`, jittered like
+    the named contrasts). Networks trained without this take the CSF band for brain.
+    """
+    # with the probability at 0 no number is drawn, so older recipes replay exactly
+    if contrast.modality != "mri" or config.p_low_contrast_t1 <= 0 or rng.random() >= config.p_low_contrast_t1:
+        return contrast
+    base = np.asarray(LOW_CONTRAST_T1_MEANS)
+    means = np.clip(base + rng.normal(0, MRI_FAMILY_JITTER / 2, N_LABELS), 0, 1)
+    return dataclasses.replace(contrast, means=means)
+
+
 def sample_brainlike_bone(rng: np.random.Generator, contrast: TissueContrast,
                           config: SynthConfig) -> TissueContrast:
     """With ``p_brainlike_bone`` (MRI only), skull and marrow take the brain's intensity.
@@ -1110,7 +1136,8 @@ class SyntheticHeads:
         transform = sample_spatial_transform(rng, config, anatomy)
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
-        contrast = sample_brainlike_bone(rng, sample_tissue_contrast(rng, modality, config.p_mri_family), config)
+        contrast = sample_low_contrast_t1(rng, sample_tissue_contrast(rng, modality, config.p_mri_family), config)
+        contrast = sample_brainlike_bone(rng, contrast, config)
         regional = sample_regional_contrast(rng, contrast, config)
         thickening = sample_skull_thickening(rng, config)
         regions = anatomy.regions
