@@ -320,6 +320,18 @@ def test_thicker_skull_changes_the_image_but_not_the_targets(procedural_anatomy)
     assert not np.array_equal(images[0], images[1])
 
 
+def assert_mri_only_and_off_draws_nothing(sample_contrast, config) -> None:
+    """A contrast option leaves CT alone, and when off returns its input drawing no number
+    (so earlier recipes replay the same samples)."""
+    ct = synth.sample_tissue_contrast(np.random.default_rng(0), "ct")
+    assert sample_contrast(np.random.default_rng(0), ct, config) is ct
+    rng, twin = np.random.default_rng(4), np.random.default_rng(4)
+    mri = synth.sample_tissue_contrast(rng, "mri")
+    synth.sample_tissue_contrast(twin, "mri")
+    assert sample_contrast(rng, mri, synth.SynthConfig()) is mri
+    assert rng.random() == twin.random()
+
+
 def test_brainlike_bone_greys_skull_and_marrow_of_mri_only():
     config = synth.config_with(p_brainlike_bone=1.0)
     for seed in range(10):
@@ -331,13 +343,7 @@ def test_brainlike_bone_greys_skull_and_marrow_of_mri_only():
         assert 0.5 * bone[synth.MARROW] - 1e-9 <= bone[synth.SKULL] <= bone[synth.MARROW] + 1e-9
         others = np.setdiff1d(np.arange(synth.N_LABELS), [synth.SKULL, synth.MARROW])
         np.testing.assert_array_equal(bone[others], contrast.means[others])
-    ct = synth.sample_tissue_contrast(np.random.default_rng(0), "ct")
-    assert synth.sample_brainlike_bone(np.random.default_rng(0), ct, config) is ct
-    rng, twin = np.random.default_rng(4), np.random.default_rng(4)
-    mri = synth.sample_tissue_contrast(rng, "mri")
-    synth.sample_tissue_contrast(twin, "mri")
-    assert synth.sample_brainlike_bone(rng, mri, synth.SynthConfig()) is mri
-    assert rng.random() == twin.random()
+    assert_mri_only_and_off_draws_nothing(synth.sample_brainlike_bone, config)
 
 
 def is_named_mri_contrast(means: np.ndarray) -> bool:
@@ -367,10 +373,4 @@ def test_low_contrast_t1_replaces_mri_means_only_and_off_draws_nothing():
         rng = np.random.default_rng(seed)
         means = synth.sample_low_contrast_t1(rng, synth.sample_tissue_contrast(rng, "mri"), config).means
         np.testing.assert_allclose(means, synth.LOW_CONTRAST_T1_MEANS, atol=5 * synth.MRI_FAMILY_JITTER / 2)
-    ct = synth.sample_tissue_contrast(np.random.default_rng(0), "ct")
-    assert synth.sample_low_contrast_t1(np.random.default_rng(0), ct, config) is ct
-    rng, twin = np.random.default_rng(4), np.random.default_rng(4)
-    mri = synth.sample_tissue_contrast(rng, "mri")
-    synth.sample_tissue_contrast(twin, "mri")
-    assert synth.sample_low_contrast_t1(rng, mri, synth.SynthConfig()) is mri
-    assert rng.random() == twin.random()
+    assert_mri_only_and_off_draws_nothing(synth.sample_low_contrast_t1, config)

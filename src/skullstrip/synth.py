@@ -17,7 +17,9 @@ Pipeline of one sample (``SyntheticHeads.sample``):
 2. ``SpatialTransform``: affine (rotation, scale, shear, shift) plus a smooth nonlinear
    displacement, mapping the output grid into the label map;
 3. ``TissueContrast``: one intensity per label drawn from a modality family (random
-   GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like);
+   GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like;
+   optionally a clinical low-contrast T1w, ``sample_low_contrast_t1``, or brain-grey
+   bone, ``sample_brainlike_bone``);
    ``RegionalContrast`` then lets each non-brain tissue take other intensities in
    different parts of the head, ``SkullThickening`` grows the thin BrainWeb skull into
    the scalp, and the result is applied on the 1 mm labels and
