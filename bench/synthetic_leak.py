@@ -1,7 +1,7 @@
 """Where networks call non-brain "brain" on held-out synthetic heads with necks.
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
-       [--modality MOD] [--p-low-contrast-t1 P] [--name NAME]
+       [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This
@@ -14,6 +14,8 @@ is compared with the generator's brain+CSF target:
 
 - ``dice``;
 - ``volume_ratio``: the mask's volume over the target's (over-reach above 1);
+- ``near_ratio``: the same for the mask within 6 mm of the target only, i.e. where the
+  surface lies, without the far leaks;
 - ``far_ml``: mL called brain more than 6 mm outside the target (leaks, not edges);
 - ``below_ml``: mL called brain below the target's lowest slice (the lower edge).
 
@@ -21,7 +23,10 @@ is compared with the generator's brain+CSF target:
 plane where the label map ended), the necks of run16's recipe. ``--modality mri`` images
 every sample as MRI instead of the modalities in turn, and ``--p-low-contrast-t1 1``
 gives every MRI sample the clinical spin-echo T1w look (``synth.sample_low_contrast_t1``),
-the look on which the networks over-reached on the real clinical T1w.
+the look on which the networks over-reached on the real clinical T1w. ``--mri-family
+flair`` (or t1, t1c, t2, pd) images every MRI sample in that named contrast with the
+other random draws unchanged, so runs with different families see the same heads and
+their ``near_ratio`` shows how the surface depends on the contrast.
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_leak unless ``--name``).
 """
@@ -51,6 +56,7 @@ def leak_metrics(mask: np.ndarray, sdt_brain: np.ndarray, voxel_ml: float) -> di
     dice = 2 * (mask & truth).sum() / max(mask.sum() + truth.sum(), 1)
     return {"dice": round(float(dice), 4),
             "volume_ratio": round(float(mask.sum() / max(truth.sum(), 1)), 3),
+            "near_ratio": round(float((mask & (sdt_brain <= FAR_OUTSIDE_MM)).sum() / max(truth.sum(), 1)), 3),
             "far_ml": round(float((mask & (sdt_brain > FAR_OUTSIDE_MM)).sum() * voxel_ml), 1),
             "below_ml": round(float(mask[:, :, :lowest].sum() * voxel_ml), 1)}
 
@@ -63,6 +69,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=15)
     parser.add_argument("--junction", help="LOW,HIGH mm of add_neck's junction_mm (default: flat junction)")
     parser.add_argument("--modality", choices=synth.MODALITIES, help="image every sample as this modality")
+    parser.add_argument("--mri-family", choices=list(synth.MRI_FAMILY_MEANS),
+                        help="every MRI sample in this named contrast (same heads for every family)")
     parser.add_argument("--p-low-contrast-t1", type=float, default=0.0,
                         help="share of MRI samples in the clinical low-contrast T1w look")
     parser.add_argument("--name", default="synthetic_leak")
@@ -73,8 +81,8 @@ def main() -> None:
     paths = synth.brainweb_paths(args.labels)[-HELD_OUT_SUBJECTS:]
     anatomies = synth.load_anatomies(paths, neck_junction_mm=junction)
     config = synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0,
-                               p_deface=0, p_skull_stripped=0, p_mri_family=0.8,
-                               p_low_contrast_t1=args.p_low_contrast_t1)
+                               p_deface=0, p_skull_stripped=0, p_mri_family=1.0 if args.mri_family else 0.8,
+                               mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1)
     generator = synth.SyntheticHeads(anatomies, config)
     voxel_ml = config.voxel_mm**3 / 1000
     rows = []
@@ -95,23 +103,25 @@ def main() -> None:
     options = " ".join([f"--model {spec}" for spec in args.model] + [f"--n {args.n}"]
                        + ([f"--junction {args.junction}"] if args.junction else [])
                        + ([f"--modality {args.modality}"] if args.modality else [])
+                       + ([f"--mri-family {args.mri_family}"] if args.mri_family else [])
                        + ([f"--p-low-contrast-t1 {args.p_low_contrast_t1:g}"] if args.p_low_contrast_t1 else []))
     modalities = args.modality or f"modalities in turn ({', '.join(synth.MODALITIES)})"
     look = (f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
-            if args.p_low_contrast_t1 else "")
+            if args.p_low_contrast_t1 else "") + (f", MRI as {args.mri_family}" if args.mri_family else "")
     lines = ["# Leaks on held-out synthetic heads with necks", "",
              f"Command: `python bench/synthetic_leak.py {options}`", "",
              f"{args.n} samples of the {HELD_OUT_SUBJECTS} held-out BrainWeb subjects, {modalities}{look}, "
-             f"default border and opening. volume: mask over target; far: mL called brain more than "
+             f"default border and opening. volume: mask over target (near: within {FAR_OUTSIDE_MM:g} mm of it); "
+             f"far: mL called brain more than "
              f"{FAR_OUTSIDE_MM:g} mm outside the target; below: mL below the target's lowest slice.", "",
-             "| model | mean Dice | min Dice | volume (mean) | far mL (mean) | far mL (max) | below mL (mean) "
-             "| below mL (max) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | mean Dice | min Dice | volume (mean) | near volume (mean) | far mL (mean) | far mL (max) "
+             "| below mL (mean) | below mL (max) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in models:
         own = [row for row in rows if row["model"] == name]
-        dice, volume, far, below = (np.array([row[key] for row in own])
-                                    for key in ("dice", "volume_ratio", "far_ml", "below_ml"))
-        lines.append(f"| {name} | {dice.mean():.3f} | {dice.min():.3f} | {volume.mean():.2f} "
+        dice, volume, near, far, below = (np.array([row[key] for row in own])
+                                          for key in ("dice", "volume_ratio", "near_ratio", "far_ml", "below_ml"))
+        lines.append(f"| {name} | {dice.mean():.3f} | {dice.min():.3f} | {volume.mean():.2f} | {near.mean():.2f} "
                      f"| {far.mean():.1f} | {far.max():.1f} "
                      f"| {below.mean():.1f} | {below.max():.1f} |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")

@@ -359,6 +359,21 @@ def test_mri_family_share_sets_how_often_a_named_contrast_is_drawn(p_mri_family,
     assert np.mean(named) == pytest.approx(expected, abs=0.07)
 
 
+def test_forced_mri_family_keeps_every_other_draw(procedural_anatomy):
+    def sample(family):
+        config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_mri_family=1.0, mri_family=family)
+        return synth.SyntheticHeads([procedural_anatomy], config).sample(7, "mri")
+
+    flair, t2 = sample("flair"), sample("t2")
+    np.testing.assert_array_equal(flair.sdt_brain, t2.sdt_brain)  # same head, same deformation
+    brain = flair.sdt_nocsf < -2
+    csf = (flair.sdt_brain < -1) & (flair.sdt_nocsf > 2)
+    # CSF darker than the parenchyma on FLAIR, brighter on T2
+    assert np.median(flair.image[csf]) < np.median(flair.image[brain]) < np.median(t2.image[csf])
+    with pytest.raises(ValueError, match="unknown MRI family"):
+        synth.sample_tissue_contrast(np.random.default_rng(0), "mri", 1.0, "t3")
+
+
 def test_intensity_curve_changes_the_image_but_not_the_targets(procedural_anatomy):
     samples = [synth.SyntheticHeads([procedural_anatomy], synth.config_with(shape=(48, 48, 48), voxel_mm=3.0,
                                                                            p_intensity_curve=p)).sample(5, "mri")

@@ -78,6 +78,10 @@ class SynthConfig:
     # random GMM: the random ones teach independence from contrast, the named ones the
     # anatomy-intensity relations of the scans users have
     p_mri_family: float = 0.5
+    # every named-contrast MRI sample in this family (a key of MRI_FAMILY_MEANS) instead
+    # of a random one; the random draws stay the same, so one seed gives the same head in
+    # each family (for measuring how the network's surfaces depend on the contrast)
+    mri_family: str | None = None
     max_rotation_deg: float = 25.0
     p_axis_permutation: float = 0.1  # heads lying in any axis order (wrong headers)
     scale_range: float = 0.15
@@ -602,18 +606,22 @@ class TissueContrast:
         return self.stds.astype(np.float32)[labels] * rng.standard_normal(labels.shape, dtype=np.float32)
 
 
-def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family: float = 0.5) -> TissueContrast:
+def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family: float = 0.5,
+                           mri_family: str | None = None) -> TissueContrast:
     """Draw per-label intensities for a modality family.
 
     - ``mri``: with ``p_mri_family`` a T1- (without or with contrast agent), T2-, FLAIR-
-      or PD-like ordering with jittered values, else a fully random GMM (any contrast
-      order, as SynthStrip).
+      or PD-like ordering with jittered values (always ``mri_family`` if given, drawn
+      with the same random numbers), else a fully random GMM (any contrast order, as
+      SynthStrip).
     - ``ct``: Hounsfield units (bone 700-1800, brain 20-45, CSF 0-15, fat about -100,
       air -1000), sometimes stored with a +1024 offset as unsigned scanners do.
     - ``pet``: grey matter uptake highest, white matter lower, little outside the brain.
     - ``epi``: T2*/b0-like (CSF bright, fat suppressed), artefacts added later.
     - ``mra``: bright vessels on a dark background.
     """
+    if mri_family is not None and mri_family not in MRI_FAMILY_MEANS:
+        raise ValueError(f"unknown MRI family {mri_family!r}; choose from {list(MRI_FAMILY_MEANS)}")
     means = np.zeros(N_LABELS)
     stds = np.zeros(N_LABELS)
     if modality == "mri":
@@ -621,7 +629,8 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family
             means = rng.uniform(0, 1, N_LABELS)
             means[AIR] = rng.uniform(0, 0.1) if rng.random() < 0.85 else rng.uniform(0, 1)
         else:
-            means = _mri_family_means(rng, rng.choice(list(MRI_FAMILY_MEANS)))
+            drawn = rng.choice(list(MRI_FAMILY_MEANS))
+            means = _mri_family_means(rng, mri_family or drawn)
         stds = rng.uniform(0, 0.06, N_LABELS)
     elif modality == "ct":
         means[:] = [-1000, rng.uniform(0, 15), rng.uniform(32, 45), rng.uniform(20, 32),
@@ -1140,7 +1149,8 @@ class SyntheticHeads:
         transform = sample_spatial_transform(rng, config, anatomy)
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
-        contrast = sample_low_contrast_t1(rng, sample_tissue_contrast(rng, modality, config.p_mri_family), config)
+        contrast = sample_tissue_contrast(rng, modality, config.p_mri_family, config.mri_family)
+        contrast = sample_low_contrast_t1(rng, contrast, config)
         contrast = sample_brainlike_bone(rng, contrast, config)
         regional = sample_regional_contrast(rng, contrast, config)
         thickening = sample_skull_thickening(rng, config)
