@@ -629,7 +629,7 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family
             means = rng.uniform(0, 1, N_LABELS)
             means[AIR] = rng.uniform(0, 0.1) if rng.random() < 0.85 else rng.uniform(0, 1)
         else:
-            drawn = rng.choice(list(MRI_FAMILY_MEANS))
+            drawn = rng.choice(list(MRI_FAMILY_MEANS))  # even when forced: later draws stay the same
             means = _mri_family_means(rng, mri_family or drawn)
         stds = rng.uniform(0, 0.06, N_LABELS)
     elif modality == "ct":
