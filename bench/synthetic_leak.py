@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +101,7 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    options = " ".join([f"--model {spec}" for spec in args.model] + [f"--n {args.n}"]
-                       + ([f"--junction {args.junction}"] if args.junction else [])
-                       + ([f"--modality {args.modality}"] if args.modality else [])
-                       + ([f"--mri-family {args.mri_family}"] if args.mri_family else [])
-                       + ([f"--p-low-contrast-t1 {args.p_low_contrast_t1:g}"] if args.p_low_contrast_t1 else []))
+    options = " ".join(sys.argv[1:])  # the command as given, so the file says how to remake it
     modalities = args.modality or f"modalities in turn ({', '.join(synth.MODALITIES)})"
     look = (f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
             if args.p_low_contrast_t1 else "") + (f", MRI as {args.mri_family}" if args.mri_family else "")
