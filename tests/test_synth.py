@@ -374,6 +374,30 @@ def test_forced_mri_family_keeps_every_other_draw(procedural_anatomy):
         synth.sample_tissue_contrast(np.random.default_rng(0), "mri", 1.0, "t3")
 
 
+def test_contrast_twin_is_the_same_head_in_another_contrast(procedural_anatomy):
+    config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_mri_family=0.8, p_low_contrast_t1=0.3,
+                               modality_weights={"mri": 1.0}, p_fov_cut=0.0, p_skull_stripped=0.0)
+    generator = synth.SyntheticHeads([procedural_anatomy], config)
+    seeds = range(3, 9)
+    for seed in seeds:
+        sample = generator.sample(seed)
+        twin = generator.contrast_twin(seed, sample.contrast)
+        np.testing.assert_array_equal(twin.sdt_brain, sample.sdt_brain)
+        np.testing.assert_array_equal(twin.sdt_nocsf, sample.sdt_nocsf)
+        assert twin.modality == "mri" and twin.contrast not in (sample.contrast, "random")
+        assert not np.array_equal(twin.image, sample.image)
+        # the twin leaves the stream of samples as it was
+        np.testing.assert_array_equal(generator.sample(seed).image, sample.image)
+    # the twins' contrasts vary from seed to seed, and each is the contrast it is named
+    twins = [generator.contrast_twin(seed, generator.sample(seed).contrast) for seed in range(3, 15)]
+    assert len({twin.contrast for twin in twins}) >= 3
+    for twin in twins:
+        csf = (twin.sdt_brain < -1) & (twin.sdt_nocsf > 2)
+        csf_over_brain = np.median(twin.image[csf]) / np.median(twin.image[twin.sdt_nocsf < -2])
+        if twin.contrast != "pd":  # PD: CSF and parenchyma about equal
+            assert (csf_over_brain > 1) == (twin.contrast == "t2"), twin.contrast
+
+
 def test_intensity_curve_changes_the_image_but_not_the_targets(procedural_anatomy):
     samples = [synth.SyntheticHeads([procedural_anatomy], synth.config_with(shape=(48, 48, 48), voxel_mm=3.0,
                                                                            p_intensity_curve=p)).sample(5, "mri")

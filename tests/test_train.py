@@ -15,8 +15,11 @@ from skullstrip import synth  # noqa: E402
 from skullstrip.infer import Model, load_model  # noqa: E402
 from skullstrip.model import ModelConfig, StripNet, count_parameters, flops_per_voxel, shipped_weights  # noqa: E402
 from skullstrip.train import (  # noqa: E402
+    SyntheticStream,
     TrainConfig,
+    _TrainingAnatomies,
     average_checkpoints,
+    contrast_consistency,
     export_weights,
     initialise_from,
     loss_function,
@@ -167,8 +170,6 @@ def test_weight_average_of_checkpoints_is_their_mean_and_exports(tmp_path):
 
 
 def test_same_seed_same_first_batch(label_dir):
-    from skullstrip.train import SyntheticStream, _TrainingAnatomies
-
     config = tiny_config(1)
     paths = sorted(label_dir.iterdir())
     stream = SyntheticStream(_TrainingAnatomies(paths, 0, 1), config.synth_config(), seed=5, first_step=10)
@@ -192,3 +193,41 @@ def test_far_false_positive_weight_only_adds_to_far_leaks():
     near_miss = sdt / 10 - 0.3  # everything 3 mm too big: a boundary error, not a leak
     assert float(loss_function(leak, sdt, 4.0)[0]) > float(loss_function(leak, sdt)[0]) + 0.05
     assert float(loss_function(near_miss, sdt, 4.0)[0]) == pytest.approx(float(loss_function(near_miss, sdt)[0]))
+
+
+def test_stream_with_twins_pairs_mri_steps_only(label_dir):
+    config = replace(tiny_config(1), synth={"shape": [32, 32, 32], "voxel_mm": 4.0,
+                                            "modality_weights": {"mri": 0.5, "ct": 0.5}})
+    paths = sorted(label_dir.iterdir())
+    synth_config = config.synth_config()
+    generator = synth.SyntheticHeads(_TrainingAnatomies(paths, 0, 1)(), synth_config)
+    batches = iter(SyntheticStream(_TrainingAnatomies(paths, 0, 1), synth_config, seed=5, first_step=0, twins=True))
+    for step in range(6):
+        batch = next(batches)
+        expected = 2 if generator.sample(5 + step).modality == "mri" else 1
+        assert batch["image"].shape == (expected, 1, 32, 32, 32)
+        assert batch["sdt"].shape == (expected, 2, 32, 32, 32)
+        torch.testing.assert_close(batch["sdt"][0], batch["sdt"][-1])
+
+
+def test_contrast_consistency_pays_for_disagreement_near_the_surface():
+    sdt = torch.linspace(-30, 30, 16**3).reshape(1, 16, 16, 16).repeat(2, 1, 1, 1)
+    same = (sdt / 10)[None].repeat(2, 1, 1, 1, 1)
+    assert float(contrast_consistency(same, sdt)) == 0.0
+    shrunk = same.clone()
+    shrunk[1] += 0.2  # the twin's surface 2 mm inside
+    near = float(contrast_consistency(shrunk, sdt))
+    assert near > 0.2
+    # beyond the loss's clip (20 mm) two "far outside" calls agree whatever their size
+    far_apart = same.clone()
+    far_apart[1] = torch.where(sdt > 25, same[1] * 2, same[1])
+    assert float(contrast_consistency(far_apart, sdt)) == 0.0
+
+
+def test_training_with_contrast_twins_logs_the_consistency(tmp_path, label_dir):
+    config = replace(tiny_config(2), contrast_consistency_weight=1.0,
+                     synth={"shape": [32, 32, 32], "voxel_mm": 4.0, "modality_weights": {"mri": 1.0}})
+    config.model = ModelConfig(core_channels=4, stem_channels=2, fine_channels=3).to_dict()
+    train(label_dir, tmp_path / "twins", config, progress=False)
+    rows = [row for row in csv.DictReader((tmp_path / "twins" / "log.csv").open()) if row["loss"]]
+    assert len(rows) == 2 and all(float(row["consistency"]) > 0 for row in rows)

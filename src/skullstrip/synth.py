@@ -600,6 +600,9 @@ class TissueContrast:
     means: np.ndarray  # (N_LABELS,)
     stds: np.ndarray  # (N_LABELS,)
     modality: str
+    # which contrast of the modality: an MRI family, "low_contrast_t1", or "random"
+    # (MRI without a named family); the modality's name for the other modalities
+    name: str = ""
 
     def texture(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Within-tissue variation for labels already on the output grid."""
@@ -624,13 +627,16 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family
         raise ValueError(f"unknown MRI family {mri_family!r}; choose from {list(MRI_FAMILY_MEANS)}")
     means = np.zeros(N_LABELS)
     stds = np.zeros(N_LABELS)
+    name = modality
     if modality == "mri":
         if rng.random() < 1 - p_mri_family:
             means = rng.uniform(0, 1, N_LABELS)
             means[AIR] = rng.uniform(0, 0.1) if rng.random() < 0.85 else rng.uniform(0, 1)
+            name = "random"
         else:
             drawn = rng.choice(list(MRI_FAMILY_MEANS))  # even when forced: later draws stay the same
-            means = _mri_family_means(rng, mri_family or drawn)
+            name = str(mri_family or drawn)
+            means = _mri_family_means(rng, name)
         stds = rng.uniform(0, 0.06, N_LABELS)
     elif modality == "ct":
         means[:] = [-1000, rng.uniform(0, 15), rng.uniform(32, 45), rng.uniform(20, 32),
@@ -663,7 +669,7 @@ def sample_tissue_contrast(rng: np.random.Generator, modality: str, p_mri_family
         stds = rng.uniform(0, 0.04, N_LABELS)
     else:
         raise ValueError(f"unknown modality family {modality!r}; choose from {MODALITIES}")
-    return TissueContrast(means=means, stds=stds, modality=modality)
+    return TissueContrast(means=means, stds=stds, modality=modality, name=name)
 
 
 # Clinical spin-echo T1w (1.5 T, thick slices) of ../shared/data/eval, after the percentile
@@ -690,7 +696,7 @@ def sample_low_contrast_t1(rng: np.random.Generator, contrast: TissueContrast,
         return contrast
     base = np.asarray(LOW_CONTRAST_T1_MEANS)
     means = np.clip(base + rng.normal(0, MRI_FAMILY_JITTER / 2, N_LABELS), 0, 1)
-    return dataclasses.replace(contrast, means=means)
+    return dataclasses.replace(contrast, means=means, name="low_contrast_t1")
 
 
 def sample_brainlike_bone(rng: np.random.Generator, contrast: TissueContrast,
@@ -763,6 +769,9 @@ MRI_FAMILY_MEANS = {  # air csf gm wm fat muscle skin skull vessel connect dura 
     "flair": (0.02, 0.08, 0.6, 0.45, 0.7, 0.3, 0.45, 0.05, 0.2, 0.5, 0.3, 0.5),
     "pd": (0.02, 0.8, 0.75, 0.6, 0.85, 0.45, 0.6, 0.05, 0.4, 0.6, 0.4, 0.6),
 }
+# the contrasts a training twin may take (SyntheticHeads.contrast_twin): every named
+# family and the clinical low-contrast T1w, whose surfaces differ most from the others
+TWIN_CONTRASTS = (*MRI_FAMILY_MEANS, "low_contrast_t1")
 MRI_FAMILY_JITTER = 0.07  # SD added to each tissue's mean
 
 
@@ -1114,6 +1123,7 @@ class Sample:
     affine: np.ndarray  # output voxel -> mm (RAS-like, for writing NIfTI)
     modality: str
     anatomy: str
+    contrast: str = ""  # TissueContrast.name: e.g. "flair", "random", "low_contrast_t1", "ct"
 
     @property
     def brain_mask(self) -> np.ndarray:
@@ -1198,7 +1208,29 @@ class SyntheticHeads:
             affine=affine,
             modality=modality,
             anatomy=anatomy.name,
+            contrast=contrast.name,
         )
+
+    def contrast_twin(self, seed: int, other_than: str) -> Sample:
+        """The head of ``sample(seed)`` imaged in another MRI contrast, for an MRI seed.
+
+        Anatomy, grid, deformation and therefore both targets are those of
+        ``sample(seed)`` (they are drawn before the contrast); the contrast is a named
+        family or the clinical low-contrast T1 (:data:`TWIN_CONTRASTS`) other than
+        ``other_than`` (the sample's ``contrast``), chosen by a generator of its own so
+        the training stream of ``sample`` is untouched. Every
+        draw after the contrast (artefacts, resolution, noise) then differs too. Two
+        contrasts of one head with one target are what a consistency loss needs to
+        teach the same surface on every contrast (the bias measured with
+        ``SynthConfig.mri_family``: FLAIR masks smaller than T2 ones of the same head).
+        """
+        choices = [name for name in TWIN_CONTRASTS if name != other_than]
+        twin_contrast = choices[int(np.random.default_rng([seed, 1]).integers(len(choices)))]
+        low_contrast = twin_contrast == "low_contrast_t1"
+        twin_config = dataclasses.replace(self.config, p_mri_family=1.0,
+                                          mri_family="t1" if low_contrast else twin_contrast,
+                                          p_low_contrast_t1=1.0 if low_contrast else 0.0)
+        return SyntheticHeads(self.anatomies, twin_config).sample(seed)
 
     def __iter__(self) -> Iterator[Sample]:
         seed = 0
