@@ -1218,11 +1218,11 @@ class SyntheticHeads:
         ``sample(seed)`` (they are drawn before the contrast); the contrast is a named
         family or the clinical low-contrast T1 (:data:`TWIN_CONTRASTS`) other than
         ``other_than`` (the sample's ``contrast``), chosen by a generator of its own so
-        the training stream of ``sample`` is untouched. Every
-        draw after the contrast (artefacts, resolution, noise) then differs too. Two
-        contrasts of one head with one target are what a consistency loss needs to
-        teach the same surface on every contrast (the bias measured with
-        ``SynthConfig.mri_family``: FLAIR masks smaller than T2 ones of the same head).
+        the training stream of ``sample`` is untouched. Every draw after the contrast
+        (artefacts, resolution, noise) then differs too. Two contrasts of one head with
+        one target are what a consistency loss (``train.contrast_consistency``) needs to
+        teach the same surface on every contrast, against the bias measured with
+        ``SynthConfig.mri_family`` (FLAIR masks smaller than T2 ones of the same head).
         """
         choices = [name for name in TWIN_CONTRASTS if name != other_than]
         twin_contrast = choices[int(np.random.default_rng([seed, 1]).integers(len(choices)))]

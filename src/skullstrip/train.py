@@ -182,12 +182,13 @@ def contrast_consistency(prediction: torch.Tensor, sdt_mm: torch.Tensor) -> torc
 
     ``prediction`` (2, C, X, Y, Z) holds a sample and its contrast twin, ``sdt_mm``
     (C, X, Y, Z) their common target. The supervised loss alone leaves each contrast its
-    own bias (held-out FLAIR heads 0.92 of the target volume, T2 0.98, with run18), as
-    where a contrast hides the CSF's outer edge the network falls back on a prior of
-    its own for that contrast; paying for the difference asks for one surface from the
-    anatomy whatever the contrast, as the paired-contrast consistency of contrast-
-    agnostic segmentation does (e.g. Brain-ID, Liu et al., ECCV 2024). Distances beyond
-    the loss's clip are clipped: far from the brain only the sign matters.
+    own bias (held-out FLAIR heads 0.92 of the target volume, T2 0.98, with run18):
+    where a contrast hides the CSF's outer edge, the network falls back on a prior of
+    its own for that contrast. Paying for the difference asks for one surface from the
+    anatomy whatever the contrast, as networks trained on several simulated contrasts of
+    one head do (Brain-ID, Liu et al., ECCV 2024; Chalcroft et al., MIDL 2025, who enforce
+    consistent features across the contrasts). Distances beyond the loss's clip are
+    clipped: far from the brain only the sign matters.
     """
     limit = LOSS_CLIP_MM / DISTANCE_SCALE_MM
     clipped = prediction.clamp(-limit, limit)
