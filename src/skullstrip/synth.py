@@ -602,7 +602,7 @@ class TissueContrast:
     modality: str
     # which contrast of the modality: an MRI family, "low_contrast_t1", or "random"
     # (MRI without a named family); the modality's name for the other modalities
-    name: str = ""
+    name: str
 
     def texture(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Within-tissue variation for labels already on the output grid."""
@@ -1123,7 +1123,7 @@ class Sample:
     affine: np.ndarray  # output voxel -> mm (RAS-like, for writing NIfTI)
     modality: str
     anatomy: str
-    contrast: str = ""  # TissueContrast.name: e.g. "flair", "random", "low_contrast_t1", "ct"
+    contrast: str  # TissueContrast.name: e.g. "flair", "random", "low_contrast_t1", "ct"
 
     @property
     def brain_mask(self) -> np.ndarray:
@@ -1230,6 +1230,8 @@ class SyntheticHeads:
         twin_config = dataclasses.replace(self.config, p_mri_family=1.0,
                                           mri_family="t1" if low_contrast else twin_contrast,
                                           p_low_contrast_t1=1.0 if low_contrast else 0.0)
+        # the twin resamples the targets it shares with the sample (a fraction of a
+        # sample's cost, in the loader's worker while the network trains on the last batch)
         return SyntheticHeads(self.anatomies, twin_config).sample(seed)
 
     def __iter__(self) -> Iterator[Sample]:
