@@ -1,6 +1,7 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
-Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--name NAME]
+Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--mirror-average]
+       [--no-csf] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
 ../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
@@ -8,6 +9,9 @@ the native grid (the network is deterministic, so settings differ only in the cl
 it runs once per setting to measure exactly what users get). Writes
 bench/results/NAME.md (mean, min and per modality per setting) and .csv; NAME is
 postprocess_sweep unless ``--name`` gives another (e.g. for weights that are not shipped).
+``--mirror-average`` measures every setting with ``StripOptions.mirror_average`` (the
+test-time average of the scan's and its left-right mirror's distances); ``--no-csf`` the
+network's other output, the brain without the CSF around it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def main() -> None:
     parser.add_argument("--borders", default="0,1")
     parser.add_argument("--openings", default="0,3,5")
     parser.add_argument("--model")
+    parser.add_argument("--mirror-average", action="store_true", help="average with the left-right mirror")
+    parser.add_argument("--no-csf", action="store_true", help="measure the no-CSF output")
     parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
     settings = list(itertools.product(floats(args.borders), floats(args.openings)))
@@ -44,7 +50,8 @@ def main() -> None:
         reference = nib.load(str(case.mask))
         ref_mask = binary_mask(reference)
         for border, opening in settings:
-            result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model))
+            result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model,
+                                                    mirror_average=args.mirror_average, no_csf=args.no_csf))
             metrics = mask_metrics(result.mask > 0, ref_mask, reference.header.get_zooms()[:3])
             rows.append({"case": case.case, "modality": case.modality, "border_mm": border, "opening_mm": opening,
                          "dice": round(metrics["dice"], 4), "hd95_mm": round(metrics["hd95_mm"], 2)})
@@ -59,6 +66,8 @@ def main() -> None:
     lines = ["# Post-processing settings on the shared real scans", "",
              f"Command: `python bench/postprocess_sweep.py --borders={args.borders} --openings {args.openings}`"
              + (f" `--model {args.model}`" if args.model else "")
+             + (" `--mirror-average`" if args.mirror_average else "")
+             + (" `--no-csf`" if args.no_csf else "")
              + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
              "| border mm | opening mm | mean Dice | min Dice | mean HD95 mm | " + " | ".join(modalities) + " |",
              "|---|---|---|---|---|" + "---|" * len(modalities)]
