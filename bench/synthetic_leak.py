@@ -1,7 +1,8 @@
 """Where networks call non-brain "brain" on held-out synthetic heads with necks.
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
-       [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--name NAME]
+       [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--subjects WHICH] [--clean]
+       [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This
@@ -26,7 +27,11 @@ gives every MRI sample the clinical spin-echo T1w look (``synth.sample_low_contr
 the look on which the networks over-reached on the real clinical T1w. ``--mri-family
 flair`` (or t1, t1c, t2, pd) images every MRI sample in that named contrast with the
 other random draws unchanged, so runs with different families see the same heads and
-their ``near_ratio`` shows how the surface depends on the contrast.
+their ``near_ratio`` shows how the surface depends on the contrast. ``--subjects training``
+images the first three BrainWeb subjects (trained on) instead: equal scores on both mean
+the network underfits its own training distribution rather than failing to generalise.
+``--clean`` turns off every corruption (thick slices, blur, noise, ghosting,
+quantisation, bias field, gamma), so what is left is not the image's ambiguity.
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_leak unless ``--name``).
 """
@@ -48,6 +53,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS = Path(__file__).parent / "results"
 HELD_OUT_SUBJECTS = 3  # TrainConfig.validation_subjects of every recipe so far
 FIRST_SEED = 2 * 10**9  # far from training (0..) and validation (10**9..) seeds
+CLEAN = {"p_thick_slices": 0.0, "p_blur": 0.0, "noise_std": (0.0, 0.0), "p_ghosting": 0.0, "p_quantise": 0.0,
+         "max_bias_log": 0.0, "gamma_log_std": 0.0}
 
 
 def leak_metrics(mask: np.ndarray, sdt_brain: np.ndarray, voxel_ml: float) -> dict:
@@ -74,16 +81,21 @@ def main() -> None:
                         help="every MRI sample in this named contrast (same heads for every family)")
     parser.add_argument("--p-low-contrast-t1", type=float, default=0.0,
                         help="share of MRI samples in the clinical low-contrast T1w look")
+    parser.add_argument("--subjects", choices=("held-out", "training"), default="held-out",
+                        help="the held-out BrainWeb subjects or three that were trained on")
+    parser.add_argument("--clean", action="store_true", help="no thick slices, blur, noise, bias or gamma")
     parser.add_argument("--name", default="synthetic_leak")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
     junction = [int(v) for v in args.junction.split(",")] if args.junction else None
 
-    paths = synth.brainweb_paths(args.labels)[-HELD_OUT_SUBJECTS:]
+    paths = synth.brainweb_paths(args.labels)
+    paths = paths[-HELD_OUT_SUBJECTS:] if args.subjects == "held-out" else paths[:HELD_OUT_SUBJECTS]
     anatomies = synth.load_anatomies(paths, neck_junction_mm=junction)
     config = synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0,
                                p_deface=0, p_skull_stripped=0, p_mri_family=1.0 if args.mri_family else 0.8,
-                               mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1)
+                               mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1,
+                               **(CLEAN if args.clean else {}))
     generator = synth.SyntheticHeads(anatomies, config)
     voxel_ml = config.voxel_mm**3 / 1000
     rows = []
@@ -105,9 +117,10 @@ def main() -> None:
     modalities = args.modality or f"modalities in turn ({', '.join(synth.MODALITIES)})"
     look = (f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
             if args.p_low_contrast_t1 else "") + (f", MRI as {args.mri_family}" if args.mri_family else "")
-    lines = ["# Leaks on held-out synthetic heads with necks", "",
+    lines = ["# Leaks on synthetic heads with necks", "",
              f"Command: `python bench/synthetic_leak.py {options}`", "",
-             f"{args.n} samples of the {HELD_OUT_SUBJECTS} held-out BrainWeb subjects, {modalities}{look}, "
+             f"{args.n} samples of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects, {modalities}{look}"
+             + (", no corruptions" if args.clean else "") + ", "
              f"default border and opening. volume: mask over target (near: within {FAR_OUTSIDE_MM:g} mm of it); "
              f"far: mL called brain more than "
              f"{FAR_OUTSIDE_MM:g} mm outside the target; below: mL below the target's lowest slice.", "",
