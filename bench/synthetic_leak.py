@@ -1,4 +1,4 @@
-"""Where networks call non-brain "brain" on held-out synthetic heads with necks.
+"""Where networks call non-brain "brain" on synthetic heads with necks (held-out subjects by default).
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
        [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--subjects WHICH] [--clean]
