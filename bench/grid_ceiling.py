@@ -21,21 +21,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from skullstrip import conform
 from skullstrip.evaluate import binary_mask, mask_metrics, read_manifest
+from skullstrip.infer import OUTSIDE_MM
+from skullstrip.synth import signed_distance_mm
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS = Path(__file__).parent / "results"
-OUTSIDE_MM = 25.0
-
-
-def signed_distance(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """mm to the mask's surface, negative inside."""
-    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    return np.where(mask, -inside, outside).astype(np.float32)
 
 
 def finer_grid(grid: conform.WorkingGrid, factor: int) -> tuple[tuple[int, ...], np.ndarray]:
@@ -61,7 +54,7 @@ def main() -> None:
         zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
         reduced, reduced_affine = conform.reduce_to_working_resolution(volume, image.affine)
         grid = conform.working_grid_for(volume.shape, image.affine, conform.head_box(reduced, reduced_affine))
-        native_distance = signed_distance(truth, zooms)
+        native_distance = signed_distance_mm(truth, zooms)
         for voxel_mm in voxel_sizes:
             shape, affine = finer_grid(grid, round(conform.WORKING_VOXEL_MM / voxel_mm))
             working = conform.resample(native_distance, image.affine, shape, affine, order=1, cval=OUTSIDE_MM)
