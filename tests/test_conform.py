@@ -3,19 +3,59 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skullstrip import conform
 
 
-@given(offset=st.floats(-2000, 2000), scale=st.floats(0.01, 5000))
+@given(offset=st.floats(-2000, 2000), scale=st.floats(0.01, 5000),
+       method=st.sampled_from(conform.INTENSITY_NORMALISATIONS))
 @settings(max_examples=30, deadline=None)
-def test_normalisation_ignores_units(offset, scale):
+def test_normalisation_ignores_units(offset, scale, method):
     rng = np.random.default_rng(0)
     image = rng.gamma(2.0, 1.0, (20, 20, 20)).astype(np.float32)
-    np.testing.assert_allclose(conform.normalize_intensity(image * scale + offset),
-                               conform.normalize_intensity(image), atol=2e-3)
+    # float32 rounding of the shifted image merges close values, which ranks feel more
+    np.testing.assert_allclose(conform.normalize_intensity(image * scale + offset, method),
+                               conform.normalize_intensity(image, method),
+                               atol=2e-3 if method == "percentile" else 5e-3)
+
+
+def head_in_air(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue intensities 2-10 in a cube of faint noisy air; returns (image, tissue)."""
+    image = rng.uniform(0, 0.05, (24, 24, 24)).astype(np.float32)
+    tissue = np.zeros(image.shape, bool)
+    tissue[4:20, 4:20, 4:20] = True
+    image[tissue] = rng.uniform(2, 10, int(tissue.sum()))
+    return image, tissue
+
+
+# remaps that keep every tissue voxel above a tenth of the brightest (the tissue threshold)
+@given(remap=st.sampled_from([np.sqrt, np.log1p, lambda x: np.tanh(x / 5)]))
+@settings(max_examples=3, deadline=None)
+def test_rank_normalisation_is_blind_to_monotone_remaps_of_the_tissue(remap):
+    image, tissue = head_in_air(np.random.default_rng(1))
+    equalised = conform.normalize_intensity(image, "rank")
+    np.testing.assert_allclose(conform.normalize_intensity(remap(image), "rank")[tissue], equalised[tissue],
+                               atol=1e-3)  # float32 rounding may merge a few neighbouring values
+    # the percentile scaling is not: a square root lifts the dark tissue
+    linear = conform.normalize_intensity(image)
+    assert np.abs(conform.normalize_intensity(np.sqrt(image))[tissue] - linear[tissue]).max() > 0.1
+
+
+def test_rank_normalisation_spreads_the_tissue_evenly_and_keeps_order_and_air():
+    image, tissue = head_in_air(np.random.default_rng(2))
+    image[tissue] = np.exp(image[tissue] / 4)  # a bright tail: linear scaling squeezes most tissue dark
+    out = conform.normalize_intensity(image, "rank")
+    # the tissue fills (threshold, 1] evenly: its deciles are evenly spaced
+    deciles = np.percentile(out[tissue], np.arange(10, 100, 10))
+    np.testing.assert_allclose(np.diff(deciles), (1 - conform.TISSUE_THRESHOLD) / 10, atol=0.01)
+    order = np.argsort(image, axis=None)
+    assert (np.diff(out.ravel()[order]) >= 0).all()  # monotone: a darker voxel never ends brighter
+    np.testing.assert_array_equal(out[~tissue], conform.normalize_intensity(image)[~tissue])  # air as before
+    with pytest.raises(ValueError, match="normalisation"):
+        conform.normalize_intensity(image, "zscore")
 
 
 def test_normalisation_handles_nan_and_constant():

@@ -210,3 +210,28 @@ def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
         write_atomically(target, failing)
     assert target.read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+@pytest.mark.parametrize("method", ["percentile", "rank"])
+def test_the_network_sees_its_own_intensity_normalisation(phantom, phantom_world_affine, method):
+    """predict_distance normalises the working grid as the model was trained to expect."""
+    from skullstrip import conform
+    from skullstrip.infer import Model, StripOptions, predict_distance
+
+    seen = []
+
+    def record(working: np.ndarray) -> np.ndarray:
+        seen.append(working)
+        return np.full((2, *working.shape), -1.0, np.float32)
+
+    predict_distance(phantom.image * 700 + 30, phantom_world_affine, Model(record, "test", "", 0, method),
+                     StripOptions(border_mm=0))
+    working = seen[0]
+    tissue = working > conform.TISSUE_THRESHOLD
+    spread = np.percentile(working[tissue], [25, 50, 75])
+    if method == "rank":  # equalised: the tissue quartiles sit evenly between the threshold and 1
+        np.testing.assert_allclose(spread, conform.TISSUE_THRESHOLD + (1 - conform.TISSUE_THRESHOLD)
+                                   * np.array([0.25, 0.5, 0.75]), atol=0.03)
+    else:
+        assert abs(spread[1] - 0.55) > 0.05
+    assert skullstrip.strip((phantom.image, phantom_world_affine)).model["input_normalisation"] == "percentile"

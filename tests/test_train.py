@@ -119,6 +119,7 @@ def test_run_resume_and_export(tmp_path, label_dir):
     assert exported.shape == (2, 24, 28, 20)
     np.testing.assert_allclose(exported, reference, atol=1e-3)
     assert load_model(onnx_path).trained_steps == 5
+    assert load_model(onnx_path).input_normalisation == "percentile"
 
 
 def test_moving_average_is_saved_resumed_and_exported(tmp_path, label_dir):
@@ -167,6 +168,20 @@ def test_weight_average_of_checkpoints_is_their_mean_and_exports(tmp_path):
     torch.save({"model": StripNet(other).state_dict(), "model_config": other.to_dict(), "step": 1}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="architecture"):
         average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"], tmp_path / "bad.pt")
+
+
+def test_rank_normalised_model_trains_on_and_exports_with_its_normalisation(tmp_path, label_dir):
+    config = replace(tiny_config(2), model={**ModelConfig(core_channels=4, stem_channels=2, fine_channels=2,
+                                                          dilations=(1, 2)).to_dict(),
+                                            "input_normalisation": "rank"})
+    assert config.synth_config().input_normalisation == "rank"  # the generator follows the model
+    with pytest.raises(ValueError, match="belongs to the model"):
+        replace(config, synth={"input_normalisation": "rank"}).synth_config()
+    checkpoint = train(label_dir, tmp_path / "run", config, progress=False)
+    exported = load_model(export_weights(checkpoint, tmp_path / "rank.onnx"))
+    assert exported.input_normalisation == load_model(checkpoint).input_normalisation == "rank"
+    with pytest.raises(ValueError, match="input_normalisation"):
+        StripNet(ModelConfig(input_normalisation="zscore"))
 
 
 def test_same_seed_same_first_batch(label_dir):

@@ -22,15 +22,34 @@ WORKING_VOXEL_MM = 2.0
 GRID_MULTIPLE = 4  # the network downsamples once by 2; 4 leaves room for even sizes
 HEAD_MARGIN_MM = 12.0
 NORMALISE_PERCENTILES = (0.5, 99.5)
+INTENSITY_NORMALISATIONS = ("percentile", "rank")
+# on the percentile scale, the level above which a voxel is tissue rather than air: the
+# head box and head mask threshold there too
+TISSUE_THRESHOLD = 0.1
 
 
-def normalize_intensity(image: np.ndarray) -> np.ndarray:
-    """Map intensities to about [0, 1] by robust percentiles, in float32.
+def normalize_intensity(image: np.ndarray, method: str = "percentile") -> np.ndarray:
+    """Map intensities to about [0, 1], in float32, by one of ``INTENSITY_NORMALISATIONS``.
 
-    Percentiles over all voxels make the mapping independent of units (raw CT Hounsfield
-    units with air at -1000, unsigned MRI, PET counts): the low percentile is background
-    and the high one the brightest tissue, whatever the modality.
+    ``"percentile"``: linear, robust percentiles to 0 and 1. Percentiles over all voxels
+    make the mapping independent of units (raw CT Hounsfield units with air at -1000,
+    unsigned MRI, PET counts): the low percentile is background and the high one the
+    brightest tissue, whatever the modality.
+
+    ``"rank"``: the same, then histogram equalisation of the tissue voxels (above
+    ``TISSUE_THRESHOLD`` on the percentile scale; background stays linear below it): a
+    tissue voxel becomes ``TISSUE_THRESHOLD`` plus its share of the tissue voxels that are
+    darker. Any monotone remap of the tissue intensities gives the same image, so the
+    brain's intensity band is as wide whatever the contrast; with the percentile scaling a
+    clinical spin-echo T1w squeezes grey matter, white matter and the skull's marrow into
+    a tenth of the range while the scalp fat takes the rest. Classic histogram equalisation
+    (Pizer et al. 1987), restricted to the head so the amount of air does not matter.
+
+    The network must see the normalisation it was trained with: the choice belongs to the
+    model (``ModelConfig.input_normalisation``).
     """
+    if method not in INTENSITY_NORMALISATIONS:
+        raise ValueError(f"intensity normalisation must be one of {INTENSITY_NORMALISATIONS}, not {method!r}")
     finite = np.isfinite(image)
     values = image[finite] if not finite.all() else image
     if values.size > 2_000_000:  # a strided subsample gives the same percentiles, faster
@@ -41,7 +60,25 @@ def normalize_intensity(image: np.ndarray) -> np.ndarray:
     out = (np.where(finite, image, low).astype(np.float32) - np.float32(low)) / np.float32(
         high - low
     )
+    if method == "rank":
+        out = _equalise_tissue(out)
     np.clip(out, -0.2, 1.5, out=out)
+    return out
+
+
+def _equalise_tissue(scaled: np.ndarray) -> np.ndarray:
+    """Replace each tissue voxel's value by its mid-rank quantile among the tissue voxels."""
+    tissue = scaled > TISSUE_THRESHOLD
+    values = scaled[tissue]
+    if values.size < 2:
+        return scaled
+    ordered = np.sort(values[:: max(values.size // 1_000_000, 1)])  # a subsample ranks as well
+    # mid-rank: equal values (quantised images, clipped tops) stay equal
+    quantile = (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right")) / (
+        2.0 * ordered.size
+    )
+    out = scaled.copy()
+    out[tissue] = TISSUE_THRESHOLD + (1 - TISSUE_THRESHOLD) * quantile.astype(np.float32)
     return out
 
 
@@ -154,7 +191,7 @@ def head_box(
     """
     norm = normalize_intensity(image)
     smooth = ndi.uniform_filter(norm, size=3)
-    foreground = smooth > 0.1
+    foreground = smooth > TISSUE_THRESHOLD
     if not foreground.any():
         return None
     index = np.argwhere(foreground)
@@ -163,7 +200,7 @@ def head_box(
     return world.min(axis=0) - margin_mm, world.max(axis=0) + margin_mm
 
 
-def head_mask(normalised: np.ndarray, threshold: float = 0.1, margin_vox: int = 3) -> np.ndarray:
+def head_mask(normalised: np.ndarray, threshold: float = TISSUE_THRESHOLD, margin_vox: int = 3) -> np.ndarray:
     """Voxels inside the head (or within ``margin_vox`` of it) on a normalised volume.
 
     A voxel is inside when, along at least two of the three axes, there is foreground

@@ -129,9 +129,11 @@ class Model:
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], source: str, sha256: str,
-                 trained_steps: int) -> None:
+                 trained_steps: int, input_normalisation: str = "percentile") -> None:
         self._predict = predict
         self.source, self.sha256, self.trained_steps = source, sha256, trained_steps
+        # conform.normalize_intensity's method for this network's input (its training's)
+        self.input_normalisation = input_normalisation
 
     def predict(self, working: np.ndarray) -> np.ndarray:
         """(X, Y, Z) normalised image -> (2, X, Y, Z) signed distances in mm (brain, no-CSF brain)."""
@@ -150,7 +152,7 @@ class Model:
                 tensor = torch.from_numpy(np.ascontiguousarray(working))[None, None].to(device)
                 return network(tensor)[0].float().cpu().numpy() * DISTANCE_SCALE_MM
 
-        return cls(predict, source, "", step)
+        return cls(predict, source, "", step, network.config.input_normalisation)
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "cpu", threads: int | None = None) -> Model:
@@ -192,7 +194,9 @@ def _onnx_model(raw: bytes, label: str, digest: str, threads: int | None) -> Mod
         batch = np.ascontiguousarray(working, dtype=np.float32)[None, None]
         return session.run(None, {input_name: batch})[0][0] * np.float32(scale)
 
-    return Model(predict, label, digest, int(metadata.get("trained_steps", 0)))
+    # exports made before the setting existed were all trained on percentile scaling
+    normalisation = json.loads(metadata.get("model_config", "{}")).get("input_normalisation", "percentile")
+    return Model(predict, label, digest, int(metadata.get("trained_steps", 0)), normalisation)
 
 
 def _torch_model(raw: bytes, label: str, digest: str, device: str) -> Model:
@@ -231,7 +235,7 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     grid = conform.working_grid_for(volume.shape, affine, box)
     working = conform.resample(reduced, reduced_affine, grid.shape, grid.affine, order=1, cval=background,
                                prefilter_sigma_vox=conform.antialias_sigma(reduced_affine, conform.WORKING_VOXEL_MM))
-    working = conform.normalize_intensity(working)
+    working = conform.normalize_intensity(working, model.input_normalisation)
     timings["conform"] = timings.get("conform", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -324,7 +328,8 @@ def strip(image: nib.spatialimages.SpatialImage | str | os.PathLike | tuple[np.n
     stripped = _apply_mask(data, mask, options.fill)
     return Result(mask=mask, stripped=stripped, sdt=sdt.astype(np.float32, copy=False), volume_ml=volume_ml,
                   seconds=time.perf_counter() - started, reference=loaded.image, data=data,
-                  model={"source": model.source, "sha256": model.sha256, "trained_steps": model.trained_steps},
+                  model={"source": model.source, "sha256": model.sha256, "trained_steps": model.trained_steps,
+                         "input_normalisation": model.input_normalisation},
                   stage_seconds=timings,
                   diagnostics=diagnostics)
 

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skullstrip.conform import INTENSITY_NORMALISATIONS
+
 DISTANCE_SCALE_MM = 10.0
 
 
@@ -52,6 +54,9 @@ class ModelConfig:
     refine_dilations: tuple[int, ...] = ()
     outputs: int = 2
     norm: str = "none"  # "none" or "instance"
+    # how the input image is scaled (conform.normalize_intensity's method): part of the
+    # model, since a network only works on inputs normalised as in its training
+    input_normalisation: str = "percentile"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +102,9 @@ class StripNet(nn.Module):
         self.head = nn.Conv3d(c.fine_channels, c.outputs, 1)
         if c.norm not in ("none", "instance"):
             raise ValueError(f"norm must be 'none' or 'instance', not {c.norm!r}")
+        if c.input_normalisation not in INTENSITY_NORMALISATIONS:
+            raise ValueError(f"input_normalisation must be one of {INTENSITY_NORMALISATIONS}, "
+                             f"not {c.input_normalisation!r}")
         self.residual_scale = nn.Parameter(torch.zeros(len(c.dilations)) if c.norm == "none"
                                            else torch.ones(len(c.dilations)), requires_grad=c.norm == "none")
 

@@ -116,6 +116,9 @@ class SynthConfig:
     p_intensity_curve: float = 0.0
     intensity_curve_knots: int = 3
     intensity_curve_log_slope_std: float = 0.7  # SD of each segment's log slope
+    # conform.normalize_intensity's method for the finished image; training sets it to
+    # the model's own (ModelConfig.input_normalisation), so inference normalises alike
+    input_normalisation: str = "percentile"
 
 
 # --------------------------------------------------------------------------- anatomy
@@ -1202,7 +1205,7 @@ class SyntheticHeads:
         affine = np.eye(4)
         affine[:3, :3] *= config.voxel_mm
         return Sample(
-            image=normalize_intensity(image),
+            image=normalize_intensity(image, config.input_normalisation),
             sdt_brain=targets[0],
             sdt_nocsf=targets[1],
             affine=affine,

@@ -92,10 +92,14 @@ class TrainConfig:
         return cls(**values)
 
     def synth_config(self) -> synth.SynthConfig:
+        """The generator's settings; its images are normalised as the model expects."""
         values = dict(self.synth)
         for key in ("shape", "shape_range"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
+        if "input_normalisation" in values:
+            raise ValueError("input_normalisation belongs to the model settings, not the synth ones")
+        values["input_normalisation"] = ModelConfig.from_dict(self.model).input_normalisation
         return synth.config_with(**values)
 
     def learning_rate_at(self, step: int) -> float:
