@@ -38,12 +38,12 @@ def normalize_intensity(image: np.ndarray, method: str = "percentile") -> np.nda
 
     ``"rank"``: the same, then histogram equalisation of the tissue voxels (above
     ``TISSUE_THRESHOLD`` on the percentile scale; background stays linear below it): a
-    tissue voxel becomes ``TISSUE_THRESHOLD`` plus its share of the tissue voxels that are
-    darker. Any monotone remap of the tissue intensities gives the same image, so the
-    brain's intensity band is as wide whatever the contrast; with the percentile scaling a
-    clinical spin-echo T1w squeezes grey matter, white matter and the skull's marrow into
-    a tenth of the range while the scalp fat takes the rest. Classic histogram equalisation
-    (Pizer et al. 1987), restricted to the head so the amount of air does not matter.
+    tissue voxel goes to the point of (``TISSUE_THRESHOLD``, 1] given by its share of the
+    tissue voxels that are darker. Any monotone remap of the tissue intensities gives the
+    same image, so the brain's intensity band is as wide whatever the contrast; with the
+    percentile scaling a clinical spin-echo T1w squeezes grey matter, white matter and the
+    skull's marrow into a tenth of the range while the scalp fat takes the rest. Global
+    histogram equalisation, restricted to the head so the amount of air does not matter.
 
     The network must see the normalisation it was trained with: the choice belongs to the
     model (``ModelConfig.input_normalisation``).
