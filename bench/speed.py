@@ -98,7 +98,7 @@ def main() -> None:
             best = min(runs, key=lambda r: r["wall_s"])
             rows.append({"input": label, **best, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
             print(rows[-1], flush=True)
-    stages = ["load", "conform", "model", "resample_back", "intensity_rules", "write"]
+    stages = ["load", "conform", "model", "postprocess", "resample_back", "intensity_rules", "write"]
     lines = ["# skullstrip speed and memory", "",
              f"Command: `python bench/speed.py` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{os.cpu_count()} cores, ONNX Runtime threads: {args.threads or 'all cores'}, "

@@ -235,3 +235,33 @@ def test_the_network_sees_its_own_intensity_normalisation(phantom, phantom_world
     else:
         assert abs(spread[1] - 0.55) > 0.05
     assert skullstrip.strip((phantom.image, phantom_world_affine)).model["input_normalisation"] == "percentile"
+
+
+def test_focus_box_centres_on_the_first_pass_brain_and_stays_in_the_head():
+    grid_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    distance = np.full((100, 100, 150), 10.0, dtype=np.float32)
+    distance[40:60, 40:60, 100:120] = -5.0  # a brain whose centre is at world (99, 99, 219) mm
+    options = skullstrip.StripOptions(border_mm=0.0, focus_mm=88.0)
+    whole_grid = (np.zeros(3), np.array([200.0, 200.0, 300.0]))
+    low, high = skullstrip.infer.focus_box(distance, grid_affine, whole_grid, options)
+    np.testing.assert_allclose(low, [11.0, 11.0, 131.0])
+    np.testing.assert_allclose(high, [187.0, 187.0, 300.0])  # cut to the head at the top
+    head_within = (np.array([20.0, 20.0, 140.0]), np.array([180.0, 180.0, 290.0]))
+    assert skullstrip.infer.focus_box(distance, grid_affine, head_within, options) is None
+    assert skullstrip.infer.focus_box(np.full_like(distance, 10.0), grid_affine, whole_grid, options) is None
+
+
+def test_a_second_pass_on_the_brain_keeps_a_long_neck_out_of_the_mask(phantom, phantom_world_affine):
+    """A head continued 120 mm down by its lowest slice: the network, which saw such
+    necks only at the edge of its training crops, calls part of it brain on the whole
+    field of view; looking again at the box around the brain it does not."""
+    neck_slices = 60
+    long = np.concatenate([np.repeat(phantom.image[:, :, :1], neck_slices, axis=2), phantom.image], axis=2)
+    affine = phantom_world_affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.array([0, 0, neck_slices])
+    focused = skullstrip.strip((long, affine), border_mm=0)
+    one_pass = skullstrip.strip((long, affine), border_mm=0, focus_mm=0)
+    assert focused.diagnostics["focus_pass"] == 1 and one_pass.diagnostics["focus_pass"] == 0
+    # the default box (112 mm) still shows the top of the neck; one pass calls ~5x more of it brain
+    assert focused.mask[:, :, :neck_slices].sum() < 0.25 * one_pass.mask[:, :, :neck_slices].sum()
+    assert dice(focused.mask[:, :, neck_slices:], phantom.brain_mask) > 0.9

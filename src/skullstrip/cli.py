@@ -55,6 +55,9 @@ def _strip_parser() -> argparse.ArgumentParser:
                         help="4D input: one mask from the mean or first volume (default mean), or one per volume")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average with the prediction on the left-right mirrored scan (twice the model time)")
+    parser.add_argument("--focus", type=float, default=None, metavar="MM",
+                        help="half-size of the box around the first pass's brain in which the network looks "
+                             "again when the scan shows more (neck, body); 0: one pass (default: 112)")
     _add_intensity_rule_flags(parser)
     parser.add_argument("--fill", type=float, default=None,
                         help="value of non-brain voxels in the stripped image (default: the image minimum, "
@@ -88,8 +91,8 @@ def _run_strip(args: argparse.Namespace) -> int:
         raise UserError("nothing to write: give at least one of -o/--out, -m/--mask, -d/--sdt")
     options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf, volumes=args.volumes,
                            fill=args.fill, threads=args.threads, device=args.device, model_path=args.model,
-                           mirror_average=args.mirror_average, ct_window=not args.no_ct_window,
-                           keep_stripped=not args.no_keep_stripped)
+                           mirror_average=args.mirror_average, focus_mm=args.focus,
+                           ct_window=not args.no_ct_window, keep_stripped=not args.no_keep_stripped)
     result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
                         json_path=None if args.no_json else (args.json or "auto"), options=options,
                         overwrite=args.force)
@@ -231,6 +234,9 @@ def _batch_parser() -> argparse.ArgumentParser:
                         help="skip the mirrored-input QC prediction (halves model time)")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average with the mirrored-scan prediction (free when the flip check runs)")
+    parser.add_argument("--focus", type=float, default=None, metavar="MM",
+                        help="half-size of the box around the first pass's brain in which the network looks "
+                             "again when the scan shows more (neck, body); 0: one pass (default: 112)")
     _add_intensity_rule_flags(parser)
     parser.add_argument("-t", "--threads", type=int, default=None, help="threads per worker (default cores/jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -260,7 +266,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         report = out / "qc" / "index.html"
     options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf, threads=args.threads,
                            flip_check=not args.no_flip_check, mirror_average=args.mirror_average,
-                           ct_window=not args.no_ct_window, keep_stripped=not args.no_keep_stripped)
+                           focus_mm=args.focus, ct_window=not args.no_ct_window,
+                           keep_stripped=not args.no_keep_stripped)
     records = batch.run_batch(jobs, options, n_jobs=args.jobs, dask_scheduler=args.dask_scheduler,
                               overwrite=args.overwrite, progress=not args.quiet)
     batch.write_report(records, report)
