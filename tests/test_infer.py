@@ -249,6 +249,8 @@ def test_focus_box_centres_on_the_first_pass_brain_and_stays_in_the_head():
     head_within = (np.array([20.0, 20.0, 140.0]), np.array([180.0, 180.0, 290.0]))
     assert skullstrip.infer.focus_box(distance, grid_affine, head_within, options) is None
     assert skullstrip.infer.focus_box(np.full_like(distance, 10.0), grid_affine, whole_grid, options) is None
+    _, high = skullstrip.infer.focus_box(distance, grid_affine, None, options)  # no head box: the grid's extent
+    np.testing.assert_allclose(high, [187.0, 187.0, 298.0])
 
 
 def test_a_second_pass_on_the_brain_keeps_a_long_neck_out_of_the_mask(phantom, phantom_world_affine):

@@ -271,9 +271,9 @@ def focus_box(cleaned: np.ndarray, grid_affine: np.ndarray, head: tuple[np.ndarr
         return None
     centre = conform.apply_affine(grid_affine, inside.mean(axis=0)[None])[0]
     low, high = centre - options.focus_mm, centre + options.focus_mm
-    if head is None:
-        corners = conform.apply_affine(grid_affine, conform._voxel_corners(cleaned.shape))
-        head = corners.min(axis=0), corners.max(axis=0)
+    if head is None:  # no head box: the first pass saw the whole (RAS) grid, first to last voxel
+        ends = conform.apply_affine(grid_affine, np.array([np.zeros(3), np.subtract(cleaned.shape, 1)]))
+        head = ends[0], ends[1]
     if np.all(head[0] >= low) and np.all(head[1] <= high):
         return None
     return np.maximum(head[0], low), np.minimum(head[1], high)
