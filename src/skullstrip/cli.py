@@ -55,9 +55,7 @@ def _strip_parser() -> argparse.ArgumentParser:
                         help="4D input: one mask from the mean or first volume (default mean), or one per volume")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average with the prediction on the left-right mirrored scan (twice the model time)")
-    parser.add_argument("--focus", type=float, default=None, metavar="MM",
-                        help="half-size of the box around the first pass's brain in which the network looks "
-                             "again when the scan shows more (neck, body); 0: one pass (default: 112)")
+    _add_focus_flag(parser)
     _add_intensity_rule_flags(parser)
     parser.add_argument("--fill", type=float, default=None,
                         help="value of non-brain voxels in the stripped image (default: the image minimum, "
@@ -72,6 +70,12 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="print stage timings and tracebacks")
     parser.add_argument("--version", action="version", version=f"skullstrip {__version__}")
     return parser
+
+
+def _add_focus_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--focus", type=float, default=None, metavar="MM",
+                        help="half-size of the box around the first pass's brain in which the network looks "
+                             "again when the scan shows more (neck, body); 0: one pass (default: 112)")
 
 
 def _add_intensity_rule_flags(parser: argparse.ArgumentParser) -> None:
@@ -234,9 +238,7 @@ def _batch_parser() -> argparse.ArgumentParser:
                         help="skip the mirrored-input QC prediction (halves model time)")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average with the mirrored-scan prediction (free when the flip check runs)")
-    parser.add_argument("--focus", type=float, default=None, metavar="MM",
-                        help="half-size of the box around the first pass's brain in which the network looks "
-                             "again when the scan shows more (neck, body); 0: one pass (default: 112)")
+    _add_focus_flag(parser)
     _add_intensity_rule_flags(parser)
     parser.add_argument("-t", "--threads", type=int, default=None, help="threads per worker (default cores/jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
 
 from skullstrip import __version__, conform, postprocess
 from skullstrip.io import (
@@ -265,11 +266,14 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
 def focus_box(cleaned: np.ndarray, grid_affine: np.ndarray, head: tuple[np.ndarray, np.ndarray] | None,
               options: StripOptions) -> tuple[np.ndarray, np.ndarray] | None:
     """World box of half-size ``options.focus_mm`` around the brain of a first pass, cut
-    to the head box; None when the head already fits in it or no brain was found."""
-    inside = np.argwhere(cleaned < options.border_mm)
-    if len(inside) == 0:
+    to the head box; None when the head already fits in it or no brain was found.
+
+    ``cleaned`` is the first pass's cleaned distance (already bordered: the mask is < 0).
+    """
+    inside = cleaned < 0
+    if not inside.any():
         return None
-    centre = conform.apply_affine(grid_affine, inside.mean(axis=0)[None])[0]
+    centre = conform.apply_affine(grid_affine, np.asarray([ndi.center_of_mass(inside)]))[0]
     low, high = centre - options.focus_mm, centre + options.focus_mm
     if head is None:  # no head box: the first pass saw the whole (RAS) grid, first to last voxel
         ends = conform.apply_affine(grid_affine, np.array([np.zeros(3), np.subtract(cleaned.shape, 1)]))
