@@ -1,7 +1,7 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
 Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--mirror-average]
-       [--no-csf] [--focus MM] [--name NAME]
+       [--no-csf | --csf-fraction F] [--focus MM] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
 ../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
@@ -11,7 +11,8 @@ bench/results/NAME.md (mean, min and per modality per setting) and .csv; NAME is
 postprocess_sweep unless ``--name`` gives another (e.g. for weights that are not shipped).
 ``--mirror-average`` measures every setting with ``StripOptions.mirror_average`` (the
 test-time average of the scan's and its left-right mirror's distances); ``--no-csf`` the
-network's other output, the brain without the CSF around it; ``--focus`` the half-size of
+network's other output, the brain without the CSF around it; ``--csf-fraction`` a surface
+between the two (``StripOptions.csf_fraction``); ``--focus`` the half-size of
 the second pass's box (``StripOptions.focus_mm``; 0: one pass).
 """
 
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--mirror-average", action="store_true", help="average with the left-right mirror")
     parser.add_argument("--no-csf", action="store_true", help="measure the no-CSF output")
+    parser.add_argument("--csf-fraction", type=float, default=StripOptions.csf_fraction,
+                        help="surface between the no-CSF (0) and brain+CSF (1) outputs")
     parser.add_argument("--focus", type=float, default=StripOptions.focus_mm, help="focus box half-size, mm")
     parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
@@ -54,7 +57,7 @@ def main() -> None:
         for border, opening in settings:
             result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model,
                                                     mirror_average=args.mirror_average, no_csf=args.no_csf,
-                                                    focus_mm=args.focus))
+                                                    csf_fraction=args.csf_fraction, focus_mm=args.focus))
             metrics = mask_metrics(result.mask > 0, ref_mask, reference.header.get_zooms()[:3])
             rows.append({"case": case.case, "modality": case.modality, "border_mm": border, "opening_mm": opening,
                          "dice": round(metrics["dice"], 4), "hd95_mm": round(metrics["hd95_mm"], 2)})
@@ -71,6 +74,8 @@ def main() -> None:
              + (f" `--model {args.model}`" if args.model else "")
              + (" `--mirror-average`" if args.mirror_average else "")
              + (" `--no-csf`" if args.no_csf else "")
+             + (f" `--csf-fraction {args.csf_fraction:g}`" if args.csf_fraction != StripOptions.csf_fraction else "")
+             + (f" `--focus {args.focus:g}`" if args.focus != StripOptions.focus_mm else "")
              + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
              "| border mm | opening mm | mean Dice | min Dice | mean HD95 mm | " + " | ".join(modalities) + " |",
              "|---|---|---|---|---|" + "---|" * len(modalities)]

@@ -53,6 +53,19 @@ def test_intensity_rule_flags_reach_the_sidecar(tmp_path, phantom_file, capsys):
     assert "already_stripped" not in sidecar["diagnostics"]
 
 
+def test_csf_fraction_reaches_the_sidecar_and_excludes_no_csf(tmp_path, phantom_file, capsys):
+    import json
+
+    code, _, _ = run(["-i", phantom_file, "-m", tmp_path / "mask.nii.gz", "--csf-fraction", "0.5"], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "mask.json").read_text())["parameters"]["csf_fraction"] == 0.5
+    with pytest.raises(SystemExit):
+        main(["-i", str(phantom_file), "-m", str(tmp_path / "other.nii.gz"), "--no-csf", "--csf-fraction", "0.5"])
+    assert "not allowed with" in capsys.readouterr().err
+    code, _, err = run(["-i", phantom_file, "-m", tmp_path / "third.nii.gz", "--csf-fraction", "2"], capsys)
+    assert code == 1 and "csf_fraction" in err and not (tmp_path / "third.nii.gz").exists()
+
+
 def test_no_output_requested_is_an_error(phantom_file, capsys):
     code, _, err = run(["-i", phantom_file], capsys)
     assert code == 1 and "nothing to write" in err

@@ -94,6 +94,22 @@ def test_no_csf_mask_is_smaller(phantom, phantom_world_affine, reference_result)
     assert no_csf.volume_ml < reference_result.volume_ml
 
 
+def test_csf_fraction_places_the_surface_between_the_two_outputs(phantom, phantom_world_affine, reference_result):
+    no_csf = skullstrip.strip((phantom.image, phantom_world_affine), border_mm=0, no_csf=True)
+    none = skullstrip.strip((phantom.image, phantom_world_affine), border_mm=0, csf_fraction=0.0)
+    half = skullstrip.strip((phantom.image, phantom_world_affine), border_mm=0, csf_fraction=0.5)
+    assert np.array_equal(none.mask, no_csf.mask)
+    assert no_csf.volume_ml < half.volume_ml < reference_result.volume_ml
+    # nested: the no-CSF surface lies inside the brain+CSF one, the mean of the two between them
+    assert (half.mask & no_csf.mask).sum() > 0.99 * no_csf.mask.sum()
+    assert (half.mask & reference_result.mask).sum() > 0.99 * half.mask.sum()
+
+
+def test_csf_fraction_outside_0_1_is_refused(phantom, phantom_world_affine):
+    with pytest.raises(ImageError, match="csf_fraction"):
+        skullstrip.strip((phantom.image, phantom_world_affine), csf_fraction=1.5)
+
+
 def test_headers_are_preserved(tmp_path, phantom_file):
     skullstrip_cli(["-i", str(phantom_file), "-o", str(tmp_path / "brain.nii.gz"), "-m", str(tmp_path / "mask.nii"),
                     "-d", str(tmp_path / "sdt.nii.gz")])

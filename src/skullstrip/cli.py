@@ -50,7 +50,7 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opening", type=float, default=None,
                         help="cut bridges thinner than twice this many mm between the brain and non-brain "
                              "parts wrongly joined to it; 0 turns it off (default: the model's setting)")
-    parser.add_argument("--no-csf", action="store_true", help="exclude the CSF around the brain from the mask")
+    _add_csf_flags(parser)
     parser.add_argument("--volumes", choices=("mean", "first", "each"), default="mean",
                         help="4D input: one mask from the mean or first volume (default mean), or one per volume")
     parser.add_argument("--mirror-average", action="store_true",
@@ -70,6 +70,14 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="print stage timings and tracebacks")
     parser.add_argument("--version", action="version", version=f"skullstrip {__version__}")
     return parser
+
+
+def _add_csf_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-csf", action="store_true", help="exclude the CSF around the brain from the mask")
+    group.add_argument("--csf-fraction", type=float, default=None, metavar="F",
+                       help="place the surface between the brain without (0) and with (1) the CSF around "
+                            "it (default 1)")
 
 
 def _add_focus_flag(parser: argparse.ArgumentParser) -> None:
@@ -93,8 +101,9 @@ def _run_strip(args: argparse.Namespace) -> int:
 
     if not (args.out or args.mask or args.sdt):
         raise UserError("nothing to write: give at least one of -o/--out, -m/--mask, -d/--sdt")
-    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf, volumes=args.volumes,
-                           fill=args.fill, threads=args.threads, device=args.device, model_path=args.model,
+    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf,
+                           csf_fraction=args.csf_fraction, volumes=args.volumes, fill=args.fill,
+                           threads=args.threads, device=args.device, model_path=args.model,
                            mirror_average=args.mirror_average, focus_mm=args.focus,
                            ct_window=not args.no_ct_window, keep_stripped=not args.no_keep_stripped)
     result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
@@ -233,7 +242,7 @@ def _batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are complete")
     parser.add_argument("-b", "--border", type=float, default=None, help="mask border (mm; default: the model's)")
     parser.add_argument("--opening", type=float, default=None, help="as for skullstrip strip")
-    parser.add_argument("--no-csf", action="store_true")
+    _add_csf_flags(parser)
     parser.add_argument("--no-flip-check", action="store_true",
                         help="skip the mirrored-input QC prediction (halves model time)")
     parser.add_argument("--mirror-average", action="store_true",
@@ -266,7 +275,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         jobs = batch.plan_flat(images, out)
         report = out / "qc" / "index.html"
-    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf, threads=args.threads,
+    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf,
+                           csf_fraction=args.csf_fraction, threads=args.threads,
                            flip_check=not args.no_flip_check, mirror_average=args.mirror_average,
                            focus_mm=args.focus, ct_window=not args.no_ct_window,
                            keep_stripped=not args.no_keep_stripped)

@@ -64,7 +64,11 @@ class StripOptions:
     # wrongly joined to it (neck, orbits); 0 keeps the whole largest component. 4 mm:
     # run4: mean Dice 0.9290 -> 0.9296 at border -1.5 (bench/results/postprocess_sweep_openings.md)
     opening_mm: float = 4.0
-    no_csf: bool = False
+    # where the surface lies between the network's two outputs: 1 the brain with the CSF
+    # around it (SynthStrip's convention), 0 the brain without it, between a weighted
+    # mean of the two distances (references differ in how much of the CSF rim they keep)
+    csf_fraction: float = 1.0
+    no_csf: bool = False  # the same as csf_fraction=0
     volumes: str = "mean"  # 4D: "mean", "first" or "each"
     fill: float | None = None
     threads: int | None = None
@@ -296,10 +300,9 @@ def _predict_in_box(reduced: np.ndarray, reduced_affine: np.ndarray, native_shap
     timings["conform"] = timings.get("conform", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    channel = 1 if options.no_csf else 0
-    distance = model.predict(working)[channel]
+    distance = _surface_distance(model.predict(working), options)
     if options.flip_check or options.mirror_average:  # working grids are RAS: axis 0 is left-right
-        mirrored = model.predict(np.ascontiguousarray(working[::-1]))[channel][::-1]
+        mirrored = _surface_distance(model.predict(np.ascontiguousarray(working[::-1])), options)[::-1]
         if options.flip_check:
             inside, inside_mirrored = distance < options.border_mm, mirrored < options.border_mm
             diagnostics["flip_dice"] = float(2 * (inside & inside_mirrored).sum()
@@ -316,6 +319,12 @@ def _predict_in_box(reduced: np.ndarray, reduced_affine: np.ndarray, native_shap
     cleaned = postprocess.clean_distance_map(distance, options.border_mm, options.opening_mm, conform.WORKING_VOXEL_MM)
     timings["postprocess"] = timings.get("postprocess", 0) + time.perf_counter() - clock
     return cleaned, grid
+
+
+def _surface_distance(outputs: np.ndarray, options: StripOptions) -> np.ndarray:
+    """The distance to the surface the options ask for, from the network's two outputs."""
+    fraction = 0.0 if options.no_csf else options.csf_fraction
+    return fraction * outputs[0] + (1.0 - fraction) * outputs[1]
 
 
 def apply_intensity_rules(sdt: np.ndarray, volume: np.ndarray, options: StripOptions,
@@ -425,6 +434,8 @@ def _options(options: StripOptions | None, values: dict[str, object]) -> StripOp
         options = dataclasses.replace(options, **values)
     if options.volumes not in ("mean", "first", "each"):
         raise ImageError(f"volumes must be mean, first or each, not {options.volumes!r}")
+    if not 0.0 <= options.csf_fraction <= 1.0:
+        raise ImageError(f"csf_fraction must lie in 0..1 (0: no CSF, 1: all of it), not {options.csf_fraction}")
     return options
 
 
@@ -510,8 +521,8 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
         "stage_seconds": {k: round(v, 3) for k, v in result.stage_seconds.items()},
         "diagnostics": {k: round(v, 4) for k, v in result.diagnostics.items()},
         "parameters": {"border_mm": options.border_mm, "opening_mm": options.opening_mm, "no_csf": options.no_csf,
-                       "volumes": options.volumes, "fill": options.fill, "threads": options.threads,
-                       "device": options.device, "flip_check": options.flip_check,
+                       "csf_fraction": options.csf_fraction, "volumes": options.volumes, "fill": options.fill,
+                       "threads": options.threads, "device": options.device, "flip_check": options.flip_check,
                        "mirror_average": options.mirror_average, "focus_mm": options.focus_mm,
                        "ct_window": options.ct_window,
                        "keep_stripped": options.keep_stripped},
