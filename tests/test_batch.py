@@ -67,6 +67,12 @@ def test_flat_layout_refuses_collisions(tmp_path):
         batch.plan_flat([tmp_path / "a" / "x.nii.gz", tmp_path / "b" / "x.nii.gz"], tmp_path)
 
 
+def test_cli_batch_refuses_bad_options_before_writing(tmp_path, bids_root, capsys):
+    out = tmp_path / "out"
+    assert main(["batch", str(bids_root), "--out", str(out), "-q", "--csf-fraction", "2"]) == 1
+    assert "csf_fraction" in capsys.readouterr().err and not out.exists()
+
+
 def test_cli_bids_run_resume_and_failure(tmp_path, bids_root, capsys):
     root = tmp_path / "bids"
     shutil.copytree(bids_root, root)

@@ -260,6 +260,12 @@ def _run_batch(args: argparse.Namespace) -> int:
     from skullstrip import batch
     from skullstrip.infer import options_with
 
+    # options first: bad settings are refused before any folder is made or scan read
+    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf,
+                           csf_fraction=args.csf_fraction, threads=args.threads,
+                           flip_check=not args.no_flip_check, mirror_average=args.mirror_average,
+                           focus_mm=args.focus, ct_window=not args.no_ct_window,
+                           keep_stripped=not args.no_keep_stripped)
     split = [s.strip() for s in args.modality.split(",") if s.strip()]
     subjects = [s.strip() for s in args.subject.split(",") if s.strip()]
     images = batch.discover(args.inputs, split, subjects)
@@ -275,11 +281,6 @@ def _run_batch(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         jobs = batch.plan_flat(images, out)
         report = out / "qc" / "index.html"
-    options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf,
-                           csf_fraction=args.csf_fraction, threads=args.threads,
-                           flip_check=not args.no_flip_check, mirror_average=args.mirror_average,
-                           focus_mm=args.focus, ct_window=not args.no_ct_window,
-                           keep_stripped=not args.no_keep_stripped)
     records = batch.run_batch(jobs, options, n_jobs=args.jobs, dask_scheduler=args.dask_scheduler,
                               overwrite=args.overwrite, progress=not args.quiet)
     batch.write_report(records, report)

@@ -92,6 +92,13 @@ class StripOptions:
     ct_window: bool = True
     keep_stripped: bool = True
 
+    def __post_init__(self) -> None:
+        # checked where options are made, so a batch refuses them once, before any scan
+        if self.volumes not in ("mean", "first", "each"):
+            raise ImageError(f"volumes must be mean, first or each, not {self.volumes!r}")
+        if not 0.0 <= self.csf_fraction <= 1.0:
+            raise ImageError(f"csf_fraction must lie in 0..1 (0: no CSF, 1: all of it), not {self.csf_fraction}")
+
 
 def options_with(**settings: object) -> StripOptions:
     """``StripOptions`` with the given settings; a setting of None keeps the default.
@@ -432,10 +439,6 @@ def _options(options: StripOptions | None, values: dict[str, object]) -> StripOp
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}")
         options = dataclasses.replace(options, **values)
-    if options.volumes not in ("mean", "first", "each"):
-        raise ImageError(f"volumes must be mean, first or each, not {options.volumes!r}")
-    if not 0.0 <= options.csf_fraction <= 1.0:
-        raise ImageError(f"csf_fraction must lie in 0..1 (0: no CSF, 1: all of it), not {options.csf_fraction}")
     return options
 
 
