@@ -413,3 +413,34 @@ def test_low_contrast_t1_replaces_mri_means_only_and_off_draws_nothing():
         means = synth.sample_low_contrast_t1(rng, synth.sample_tissue_contrast(rng, "mri"), config).means
         np.testing.assert_allclose(means, synth.LOW_CONTRAST_T1_MEANS, atol=5 * synth.MRI_FAMILY_JITTER / 2)
     assert_mri_only_and_off_draws_nothing(synth.sample_low_contrast_t1, config)
+
+
+def test_skull_base_warp_moves_the_lower_head_only(procedural_anatomy):
+    config = synth.config_with(p_skull_base_warp=1.0, skull_base_warp_mm=8.0)
+    warp = synth.sample_skull_base_warp(3, config, procedural_anatomy)
+    shape = procedural_anatomy.labels.shape
+    heights = [warp.floor_vox - 10, warp.floor_vox + 15, warp.floor_vox + warp.fade_vox + 1]
+    points = np.stack([np.full(3, shape[0] / 2), np.full(3, shape[1] / 2), heights]).astype(np.float32)
+    moved = np.linalg.norm(warp(points) - points, axis=0)
+    assert moved[0] > 0.5 and moved[0] <= 8.0 * np.sqrt(3) + 1e-3  # below the floor: in full, bounded
+    assert moved[2] == 0  # above the fade: untouched
+    assert synth.sample_skull_base_warp(3, synth.SynthConfig(), procedural_anatomy) is None
+
+
+def test_skull_base_warp_changes_the_lower_targets_and_no_other_draw(procedural_anatomy):
+    """The warp draws from its own stream: the same seed gives the same contrast, grid and
+    top of the head with it on, and a different lower head (image and targets together)."""
+    samples = []
+    for p in (0.0, 1.0):
+        config = synth.config_with(shape=(48, 48, 48), voxel_mm=4.0, max_rotation_deg=0.0, p_axis_permutation=0.0,
+                                   p_fov_cut=0.0, p_deface=0.0, p_skull_base_warp=p, skull_base_warp_mm=10.0)
+        samples.append(synth.SyntheticHeads([procedural_anatomy], config).sample(8, "mri"))
+    plain, warped = samples
+    assert plain.contrast == warped.contrast and plain.image.shape == warped.image.shape
+    changed = (np.abs(plain.sdt_brain - warped.sdt_brain) > 0.5).mean(axis=(0, 1))
+    inside_plain, inside_warped = plain.sdt_brain < 0, warped.sdt_brain < 0
+    brain_slices = np.nonzero(inside_plain.any(axis=(0, 1)))[0]  # superior axis is the last
+    lower, upper = np.array_split(brain_slices, 2)
+    assert changed[lower].max() > 0.1  # the lower half of the brain and what lies under it moved
+    assert changed[upper].max() == 0  # the upper half is read where it was
+    assert dice(inside_plain, inside_warped) > 0.9  # a local change, not another head

@@ -15,7 +15,8 @@ Pipeline of one sample (``SyntheticHeads.sample``):
 1. anatomy: a 1 mm label map (BrainWeb subject or procedural head), with its brain
    signed distance maps precomputed once;
 2. ``SpatialTransform``: affine (rotation, scale, shear, shift) plus a smooth nonlinear
-   displacement, mapping the output grid into the label map;
+   displacement, mapping the output grid into the label map; optionally
+   ``SkullBaseWarp``, a larger displacement of the lower head only;
 3. ``TissueContrast``: one intensity per label drawn from a modality family (random
    GMM, T1/T2/FLAIR/PD-like, CT in Hounsfield units, PET-like, EPI-like, MRA-like;
    optionally a clinical low-contrast T1w, ``sample_low_contrast_t1``, or brain-grey
@@ -58,6 +59,8 @@ N_REGIONS = 16
 # (the face and neck hold many tissues that BrainWeb lumps into these few labels).
 REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
+# second entropy word of the SkullBaseWarp's own random stream (sample_skull_base_warp)
+SKULL_BASE_WARP_STREAM = 1
 MODALITIES = ("mri", "ct", "pet", "epi", "mra")
 
 
@@ -106,6 +109,11 @@ class SynthConfig:
     skull_thickening_mm: tuple[int, int] = (2, 6)
     p_brainlike_bone: float = 0.0  # MRI bone as grey as the brain (sample_brainlike_bone)
     p_low_contrast_t1: float = 0.0  # MRI as a clinical spin-echo T1w (sample_low_contrast_t1)
+    # a larger smooth displacement of the lower head only (SkullBaseWarp): every BrainWeb
+    # map has its one skull base at one height under the brain (training/README.md,
+    # session 26); off by default so that earlier recipes replay bit for bit
+    p_skull_base_warp: float = 0.0
+    skull_base_warp_mm: float = 8.0
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -154,6 +162,11 @@ class Anatomy:
     def brain_centre_vox(self) -> np.ndarray:
         inside = np.argwhere(self.sdt_brain[::4, ::4, ::4] < 0) * 4
         return inside.mean(axis=0)
+
+    @property
+    def brain_bottom_vox(self) -> float:
+        """Lowest label-map slice (superior axis, 1 mm) that holds brain, to 4 mm."""
+        return float(np.nonzero((self.sdt_brain[::4, ::4, ::4] < 0).any(axis=(0, 1)))[0].min() * 4)
 
 
 def brain_masks_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -591,6 +604,61 @@ def sample_spatial_transform(
         output_shape=tuple(config.shape),
         output_voxel_mm=config.voxel_mm,
     )
+
+
+@dataclass(frozen=True)
+class SkullBaseWarp:
+    """A smooth displacement of the lower head only, added to label-map coordinates.
+
+    The 20 BrainWeb maps share one stereotaxic box: the brain's lowest voxel sits 15-21 mm
+    above the map's end in every head, so the skull base, middle cranial fossae and
+    posterior fossa have one shape and height against the brain above. The global
+    deformation (``SpatialTransform``, a few mm) keeps that shape; the networks trained
+    on it cut real temporal lobes at one flat floor or run below the cerebellum. This
+    moves the lower head by up to ``max_mm``: ``displacement`` (3 x c^3 label voxels on a
+    grid spanning the label map) applies in full below ``floor_vox`` on the superior axis
+    and fades to nothing ``fade_vox`` above it, so the vertex and convexity stay put.
+    Image and targets are read at the same warped coordinates, so they stay in register.
+    """
+
+    displacement: np.ndarray
+    label_shape: tuple[int, int, int]
+    floor_vox: float
+    fade_vox: float
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        # the coarse grid refined to a quarter of the label map once, then read linearly:
+        # a cubic read at every output voxel would cost seconds per sample
+        field = [upsample_smooth(self.displacement[axis], [max(n // 4, 2) for n in self.label_shape])
+                 for axis in range(3)]
+        to_field = (np.asarray(field[0].shape, np.float32) - 1) / (np.asarray(self.label_shape, np.float32) - 1)
+        at = coords * to_field[:, None]
+        height = np.clip((self.floor_vox + self.fade_vox - coords[2]) / self.fade_vox, 0, 1)
+        weight = height * height * (3 - 2 * height)  # smoothstep: no kink where the fade starts
+        warped = coords.copy()
+        for axis in range(3):
+            warped[axis] += weight * ndi.map_coordinates(field[axis], at, order=1, mode="nearest")
+        return warped
+
+
+def sample_skull_base_warp(seed: int, config: SynthConfig, anatomy: Anatomy) -> SkullBaseWarp | None:
+    """Draw a ``SkullBaseWarp`` (probability ``config.p_skull_base_warp``) from its own stream.
+
+    Its numbers come from a generator of their own seeded by the sample's seed, so turning
+    the warp on changes the lower head and nothing else of the sample.
+    """
+    if config.p_skull_base_warp <= 0:
+        return None
+    rng = np.random.default_rng([seed, SKULL_BASE_WARP_STREAM])
+    if rng.random() >= config.p_skull_base_warp:
+        return None
+    limit = config.skull_base_warp_mm
+    displacement = np.clip(rng.normal(0, limit / 2, (3, 4, 4, 4)), -limit, limit)
+    # floor above the temporal poles and below the tentorium; the fade ends near the
+    # ventricles, above which the label maps' heads already differ
+    floor = anatomy.brain_bottom_vox + rng.uniform(25, 45)
+    return SkullBaseWarp(displacement=displacement.astype(np.float32), label_shape=anatomy.labels.shape,
+                         floor_vox=float(floor), fade_vox=30.0)
 
 
 # -------------------------------------------------------------------- tissue contrast
@@ -1162,6 +1230,9 @@ class SyntheticHeads:
         transform = sample_spatial_transform(rng, config, anatomy)
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
+        warp = sample_skull_base_warp(seed, config, anatomy)
+        if warp is not None:
+            coords = warp(coords)
         contrast = sample_tissue_contrast(rng, modality, config.p_mri_family, config.mri_family)
         contrast = sample_low_contrast_t1(rng, contrast, config)
         contrast = sample_brainlike_bone(rng, contrast, config)
