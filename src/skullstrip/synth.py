@@ -59,8 +59,10 @@ N_REGIONS = 16
 # (the face and neck hold many tissues that BrainWeb lumps into these few labels).
 REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
-# second entropy word of the SkullBaseWarp's own random stream (sample_skull_base_warp)
-SKULL_BASE_WARP_STREAM = 1
+# second entropy words of the draws that have random streams of their own, one each so
+# they never share numbers: contrast_twin's contrast and sample_skull_base_warp
+TWIN_CONTRAST_STREAM = 1
+SKULL_BASE_WARP_STREAM = 2
 MODALITIES = ("mri", "ct", "pet", "epi", "mra")
 
 
@@ -615,7 +617,7 @@ class SkullBaseWarp:
     posterior fossa have one shape and height against the brain above. The global
     deformation (``SpatialTransform``, a few mm) keeps that shape; the networks trained
     on it cut real temporal lobes at one flat floor or run below the cerebellum. This
-    moves the lower head by up to ``max_mm``: ``displacement`` (3 x c^3 label voxels on a
+    moves the lower head by up to ``SynthConfig.skull_base_warp_mm``: ``displacement`` (3 x c^3 label voxels on a
     grid spanning the label map) applies in full below ``floor_vox`` on the superior axis
     and fades to nothing ``fade_vox`` above it, so the vertex and convexity stay put.
     Image and targets are read at the same warped coordinates, so they stay in register.
@@ -632,12 +634,14 @@ class SkullBaseWarp:
         field = [upsample_smooth(self.displacement[axis], [max(n // 4, 2) for n in self.label_shape])
                  for axis in range(3)]
         to_field = (np.asarray(field[0].shape, np.float32) - 1) / (np.asarray(self.label_shape, np.float32) - 1)
-        at = coords * to_field[:, None]
         height = np.clip((self.floor_vox + self.fade_vox - coords[2]) / self.fade_vox, 0, 1)
+        moving = np.nonzero(height > 0)[0]  # the field is read only where it applies
+        height = height[moving]
         weight = height * height * (3 - 2 * height)  # smoothstep: no kink where the fade starts
+        at = coords[:, moving] * to_field[:, None]
         warped = coords.copy()
         for axis in range(3):
-            warped[axis] += weight * ndi.map_coordinates(field[axis], at, order=1, mode="nearest")
+            warped[axis, moving] += weight * ndi.map_coordinates(field[axis], at, order=1, mode="nearest")
         return warped
 
 
@@ -1299,7 +1303,7 @@ class SyntheticHeads:
         ``SynthConfig.mri_family`` (FLAIR masks smaller than T2 ones of the same head).
         """
         choices = [name for name in TWIN_CONTRASTS if name != other_than]
-        twin_contrast = choices[int(np.random.default_rng([seed, 1]).integers(len(choices)))]
+        twin_contrast = choices[int(np.random.default_rng([seed, TWIN_CONTRAST_STREAM]).integers(len(choices)))]
         low_contrast = twin_contrast == "low_contrast_t1"
         twin_config = dataclasses.replace(self.config, p_mri_family=1.0,
                                           mri_family="t1" if low_contrast else twin_contrast,
