@@ -617,9 +617,10 @@ class SkullBaseWarp:
     posterior fossa have one shape and height against the brain above. The global
     deformation (``SpatialTransform``, a few mm) keeps that shape; the networks trained
     on it cut real temporal lobes at one flat floor or run below the cerebellum. This
-    moves the lower head by up to ``SynthConfig.skull_base_warp_mm``: ``displacement`` (3 x c^3 label voxels on a
-    grid spanning the label map) applies in full below ``floor_vox`` on the superior axis
-    and fades to nothing ``fade_vox`` above it, so the vertex and convexity stay put.
+    moves the lower head by up to ``SynthConfig.skull_base_warp_mm``: ``displacement``
+    (3 x 4 x 4 x 4, in label voxels, on a coarse grid spanning the label map) applies in
+    full below ``floor_vox`` on the superior axis and fades to nothing ``fade_vox`` above
+    it, so the vertex and convexity stay put.
     Image and targets are read at the same warped coordinates, so they stay in register.
     """
 
