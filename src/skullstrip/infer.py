@@ -57,8 +57,9 @@ class StripOptions:
     # at the vertex), and the T1w masks run over the skull. Chosen with run4 (mean Dice
     # 0.9186 at 0 mm, a plateau of 0.9296-0.9305 from -1.5 to -2.5 mm, -1.5 the least
     # shrink on it and the least cost to FLAIR); kept with run9 (0.9171 at 0, 0.9305 at
-    # -1.5, 0.9321 at -2) and run18 (0.9233, 0.9349, 0.9359; bench/results/
-    # postprocess_sweep.md, postprocess_sweep_run18.md, docs/model.md)
+    # -1.5, 0.9321 at -2), run18 (0.9233, 0.9349, 0.9359) and run37 with the focus pass
+    # (0.9378 at -1.5, 0.9386 at -2, FLAIR 0.946 -> 0.939; bench/results/postprocess_sweep.md,
+    # postprocess_sweep_run18.md, postprocess_sweep_run37.md, docs/model.md)
     border_mm: float = -1.5
     # cut bridges thinner than twice this (mm) between the brain and what the network
     # wrongly joined to it (neck, orbits); 0 keeps the whole largest component. 4 mm:
