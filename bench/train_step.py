@@ -1,12 +1,15 @@
 """Time one training step (forward, loss, backward, Adam) per memory layout.
 
-Usage: python bench/train_step.py [--config training/runN/config.json ...] [--size 88] [--n 5]
-Writes bench/results/train_step.md. Each recipe's network runs on a random crop of
-``--size``^3 voxels, batch 1, with the recipe's thread count, once with PyTorch's default
-contiguous tensors and once with channels-last 3D tensors (``train.TRAINING_LAYOUT``),
-starting from the same weights; the layouts alternate so that a change in the machine's
-load falls on both. The last column is the largest difference between the two layouts'
-predictions on the same input, to show they compute the same network.
+Usage: python bench/train_step.py [--config training/runN/config.json ...] [--n 5] [--rounds 2]
+                                  [--size 88 | --labels ../shared/data/labelmaps/brainweb]
+Writes bench/results/train_step.md. Each recipe's network takes the same ``--n`` crops,
+batch 1, with the recipe's thread count, once with PyTorch's default contiguous tensors
+and once with channels-last 3D tensors (``train.TRAINING_LAYOUT``), from the same
+weights; the layouts alternate so that a change in the machine's load falls on both.
+The crops are random ``--size``^3 volumes, or with ``--labels`` the recipe's own first
+training samples (its generator and crop sizes, made before the clock starts, so the
+generator's time is not counted). The last column is the largest difference between the
+two layouts' predictions on the first crop, to show they compute the same network.
 """
 
 from __future__ import annotations
@@ -19,33 +22,49 @@ from pathlib import Path
 
 import torch
 
+from skullstrip import synth
 from skullstrip.model import ModelConfig, StripNet, count_parameters
-from skullstrip.train import TRAINING_LAYOUT, TrainConfig, loss_function
+from skullstrip.train import TRAINING_LAYOUT, TrainConfig, loss_function, split_label_maps, to_tensors
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels-last": TRAINING_LAYOUT}
 
 
-def step_seconds(model: StripNet, image: torch.Tensor, target: torch.Tensor, n: int) -> float:
-    """Mean wall time of ``n`` training steps after one warm-up step."""
+def random_crops(size: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.randn(1, 1, size, size, size), 20 * torch.randn(1, 2, size, size, size)) for _ in range(n)]
+
+
+def recipe_crops(recipe: TrainConfig, labels: str, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The recipe's first ``n`` training samples (two label maps, to keep loading short)."""
+    train_paths, _ = split_label_maps(labels, recipe.validation_subjects)
+    anatomies = synth.load_anatomies(train_paths[:2], recipe.atrophy_mm, recipe.neck_junction_mm)
+    generator = synth.SyntheticHeads(anatomies, recipe.synth_config())
+    batches = [to_tensors(generator.sample(recipe.seed + step)) for step in range(n)]
+    return [(batch["image"], batch["sdt"]) for batch in batches]
+
+
+def step_seconds(model: StripNet, crops: list[tuple[torch.Tensor, torch.Tensor]],
+                 layout: torch.memory_format) -> float:
+    """Mean wall time of one training step over ``crops``, after one untimed warm-up step."""
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def step() -> None:
-        loss, _ = loss_function(model(image), target)
+    def step(image: torch.Tensor, target: torch.Tensor) -> None:
+        loss, _ = loss_function(model(image.to(memory_format=layout)), target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
 
-    step()
+    step(*crops[0])
     clock = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - clock) / n
+    for image, target in crops:
+        step(image, target)
+    return (time.perf_counter() - clock) / len(crops)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", action="append", help="training recipe(s); default: run37's")
-    parser.add_argument("--size", type=int, default=88, help="crop edge in voxels (training's median)")
+    parser.add_argument("--size", type=int, default=88, help="edge of the random crops in voxels")
+    parser.add_argument("--labels", help="BrainWeb label maps: time the recipe's own samples instead")
     parser.add_argument("--n", type=int, default=5, help="timed steps per layout and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.md"))
@@ -60,28 +79,32 @@ def main() -> None:
         base = StripNet(ModelConfig.from_dict(recipe.model))
         for parameter in base.parameters():  # zero-initialised residual scales would hide the core
             parameter.data.normal_(0.0, 0.05)
-        image = torch.randn(1, 1, args.size, args.size, args.size)
-        target = 20 * torch.randn(1, 2, args.size, args.size, args.size)
+        crops = recipe_crops(recipe, args.labels, args.n) if args.labels else random_crops(args.size, args.n)
+        mean_voxels = sum(image.numel() for image, _ in crops) / len(crops)
         models = {name: copy.deepcopy(base).to(memory_format=layout) for name, layout in LAYOUTS.items()}
         with torch.no_grad():
-            outputs = [models[name](image.to(memory_format=layout)) for name, layout in LAYOUTS.items()]
+            outputs = [models[name](crops[0][0].to(memory_format=layout)) for name, layout in LAYOUTS.items()]
         difference = float((outputs[0] - outputs[1]).abs().max())
         seconds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
         for _ in range(args.rounds):
             for name, layout in LAYOUTS.items():
-                seconds[name].append(step_seconds(models[name], image.to(memory_format=layout), target, args.n))
+                seconds[name].append(step_seconds(models[name], crops, layout))
         best = {name: min(values) for name, values in seconds.items()}
         speed_up = best["contiguous"] / best["channels-last"]
-        rows.append(f"| {path} | {count_parameters(base):,} | {recipe.threads} | {best['contiguous']:.2f} | "
-                    f"{best['channels-last']:.2f} | {speed_up:.2f} | {difference:.1e} |")
+        rows.append(f"| {path} | {count_parameters(base):,} | {mean_voxels ** (1 / 3):.0f}³ | "
+                    f"{best['contiguous']:.2f} | {best['channels-last']:.2f} | {speed_up:.2f} | {difference:.1e} |")
         print(rows[-1], flush=True)
 
+    crops_text = (f"the recipe's first {args.n} training samples (`--labels {args.labels}`)" if args.labels
+                  else f"{args.n} random {args.size}³ crops")
     lines = ["# Training step time per memory layout", "",
              f"Command: `python bench/train_step.py {' '.join('--config ' + c for c in configs)} "
-             f"--size {args.size} --n {args.n} --rounds {args.rounds}`",
-             f"Machine: {platform.machine()}, torch {torch.__version__}; one step = forward, loss, backward "
-             f"and Adam on a {args.size}³ crop, batch 1; the best of {args.rounds} rounds of {args.n} steps.", "",
-             "| recipe | parameters | threads | contiguous s/step | channels-last s/step | speed-up "
+             + (f"--labels {args.labels} " if args.labels else f"--size {args.size} ")
+             + f"--n {args.n} --rounds {args.rounds}`",
+             f"Machine: {platform.machine()}, torch {torch.__version__}. One step = forward, loss, backward "
+             f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's threads "
+             "(2). Generator time is not counted.", "",
+             "| recipe | parameters | mean crop | contiguous s/step | channels-last s/step | speed-up "
              "| max output difference |",
              "|---|---|---|---|---|---|---|", *rows, ""]
     Path(args.out).write_text("\n".join(lines))
