@@ -39,7 +39,7 @@ SOFT_BOUNDARY_MM = 1.5
 # is the leak (neck, skull base, scalp) that Dice and the surface-weighted L1 let pass
 FAR_OUTSIDE_MM = 6.0
 # channels-last 3D tensors let oneDNN skip a reorder around every convolution: a training
-# step of run37's network on an 88^3 crop takes 1.23 s instead of 1.92 s on this CPU, the
+# step of run37's network on its own training crops takes 1.12 s instead of 1.83 s here, the
 # same numbers to float rounding (bench/train_step.py, bench/results/train_step.md)
 TRAINING_LAYOUT = torch.channels_last_3d
 # brain+CSF is the product; the no-CSF output is a helper and a user option
