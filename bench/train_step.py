@@ -102,8 +102,8 @@ def main() -> None:
              + (f"--labels {args.labels} " if args.labels else f"--size {args.size} ")
              + f"--n {args.n} --rounds {args.rounds}`",
              f"Machine: {platform.machine()}, torch {torch.__version__}. One step = forward, loss, backward "
-             f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's threads "
-             "(2). Generator time is not counted.", "",
+             f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's "
+             "threads. Generator time is not counted.", "",
              "| recipe | parameters | mean crop | contiguous s/step | channels-last s/step | speed-up "
              "| max output difference |",
              "|---|---|---|---|---|---|---|", *rows, ""]
