@@ -1,15 +1,18 @@
-"""Time one training step (forward, loss, backward, Adam) per memory layout.
+"""Time one training step (forward, loss, backward, Adam) per memory layout and precision.
 
 Usage: python bench/train_step.py [--config training/runN/config.json ...] [--n 5] [--rounds 2]
                                   [--size 88 | --labels ../shared/data/labelmaps/brainweb]
 Writes bench/results/train_step.md. Each recipe's network takes the same ``--n`` crops,
-batch 1, with the recipe's thread count, once with PyTorch's default contiguous tensors
-and once with channels-last 3D tensors (``train.TRAINING_LAYOUT``), from the same
-weights; the layouts alternate so that a change in the machine's load falls on both.
+batch 1, with the recipe's thread count, three ways from the same weights: PyTorch's
+default contiguous tensors in float32, channels-last 3D tensors (``train.TRAINING_LAYOUT``)
+in float32, and channels-last under bfloat16 autocast (``TrainConfig.precision``); the
+variants alternate so that a change in the machine's load falls on all of them.
 The crops are random ``--size``^3 volumes, or with ``--labels`` the recipe's own first
 training samples (its generator and crop sizes, made before the clock starts, so the
-generator's time is not counted). The last column is the largest difference between the
-two layouts' predictions on the first crop, to show they compute the same network.
+generator's time is not counted). The difference columns are the largest difference
+between a variant's prediction on the first crop and the contiguous float32 one (in
+network units; 1 = ``model.DISTANCE_SCALE_MM``): the layouts compute the same network,
+bfloat16 rounds it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,19 @@ import torch
 
 from skullstrip import synth
 from skullstrip.model import ModelConfig, StripNet, count_parameters
-from skullstrip.train import TRAINING_LAYOUT, TrainConfig, loss_function, split_label_maps, to_tensors
+from skullstrip.train import (
+    TRAINING_LAYOUT,
+    TrainConfig,
+    loss_function,
+    split_label_maps,
+    to_tensors,
+    training_forward,
+)
 
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels-last": TRAINING_LAYOUT}
+# name: (memory layout, precision)
+VARIANTS = {"contiguous": (torch.contiguous_format, "float32"),
+            "channels-last": (TRAINING_LAYOUT, "float32"),
+            "channels-last bf16": (TRAINING_LAYOUT, "bfloat16")}
 
 
 def random_crops(size: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -42,13 +55,20 @@ def recipe_crops(recipe: TrainConfig, labels: str, n: int) -> list[tuple[torch.T
     return [(batch["image"], batch["sdt"]) for batch in batches]
 
 
+def prediction(model: StripNet, image: torch.Tensor, layout: torch.memory_format, precision: str) -> torch.Tensor:
+    """The training loop's forward pass, or with the contiguous layout its float32 reference."""
+    if layout == TRAINING_LAYOUT:
+        return training_forward(model, image, precision)
+    return model(image)
+
+
 def step_seconds(model: StripNet, crops: list[tuple[torch.Tensor, torch.Tensor]],
-                 layout: torch.memory_format) -> float:
+                 layout: torch.memory_format, precision: str) -> float:
     """Mean wall time of one training step over ``crops``, after one untimed warm-up step."""
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(image: torch.Tensor, target: torch.Tensor) -> None:
-        loss, _ = loss_function(model(image.to(memory_format=layout)), target)
+        loss, _ = loss_function(prediction(model, image, layout, precision), target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -81,32 +101,35 @@ def main() -> None:
             parameter.data.normal_(0.0, 0.05)
         crops = recipe_crops(recipe, args.labels, args.n) if args.labels else random_crops(args.size, args.n)
         mean_voxels = sum(image.numel() for image, _ in crops) / len(crops)
-        models = {name: copy.deepcopy(base).to(memory_format=layout) for name, layout in LAYOUTS.items()}
+        models = {name: copy.deepcopy(base).to(memory_format=layout) for name, (layout, _) in VARIANTS.items()}
         with torch.no_grad():
-            outputs = [models[name](crops[0][0].to(memory_format=layout)) for name, layout in LAYOUTS.items()]
-        difference = float((outputs[0] - outputs[1]).abs().max())
-        seconds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+            outputs = {name: prediction(models[name], crops[0][0], *variant) for name, variant in VARIANTS.items()}
+        differences = {name: float((outputs[name] - outputs["contiguous"]).abs().max()) for name in VARIANTS}
+        seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for _ in range(args.rounds):
-            for name, layout in LAYOUTS.items():
-                seconds[name].append(step_seconds(models[name], crops, layout))
+            for name, variant in VARIANTS.items():
+                seconds[name].append(step_seconds(models[name], crops, *variant))
         best = {name: min(values) for name, values in seconds.items()}
-        speed_up = best["contiguous"] / best["channels-last"]
         rows.append(f"| {path} | {count_parameters(base):,} | {mean_voxels ** (1 / 3):.0f}³ | "
-                    f"{best['contiguous']:.2f} | {best['channels-last']:.2f} | {speed_up:.2f} | {difference:.1e} |")
+                    + " | ".join(f"{best[name]:.2f}" for name in VARIANTS)
+                    + f" | {best['contiguous'] / best['channels-last']:.2f}"
+                    + f" | {best['channels-last'] / best['channels-last bf16']:.2f}"
+                    + f" | {differences['channels-last']:.1e} | {differences['channels-last bf16']:.1e} |")
         print(rows[-1], flush=True)
 
     crops_text = (f"the recipe's first {args.n} training samples (`--labels {args.labels}`)" if args.labels
                   else f"{args.n} random {args.size}³ crops")
-    lines = ["# Training step time per memory layout", "",
+    lines = ["# Training step time per memory layout and precision", "",
              f"Command: `python bench/train_step.py {' '.join('--config ' + c for c in configs)} "
              + (f"--labels {args.labels} " if args.labels else f"--size {args.size} ")
              + f"--n {args.n} --rounds {args.rounds}`",
              f"Machine: {platform.machine()}, torch {torch.__version__}. One step = forward, loss, backward "
              f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's "
              "threads. Generator time is not counted.", "",
-             "| recipe | parameters | mean crop | contiguous s/step | channels-last s/step | speed-up "
-             "| max output difference |",
-             "|---|---|---|---|---|---|---|", *rows, ""]
+             "| recipe | parameters | mean crop | contiguous s/step | channels-last s/step "
+             "| channels-last bf16 s/step | channels-last speed-up | bf16 speed-up "
+             "| channels-last max difference | bf16 max difference |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

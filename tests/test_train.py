@@ -24,6 +24,7 @@ from skullstrip.train import (  # noqa: E402
     initialise_from,
     loss_function,
     train,
+    training_forward,
 )
 
 
@@ -246,3 +247,28 @@ def test_training_with_contrast_twins_logs_the_consistency(tmp_path, label_dir):
     train(label_dir, tmp_path / "twins", config, progress=False)
     rows = [row for row in csv.DictReader((tmp_path / "twins" / "log.csv").open()) if row["loss"]]
     assert len(rows) == 2 and all(float(row["consistency"]) > 0 for row in rows)
+
+
+def test_bfloat16_precision_rounds_the_same_network_and_trains(tmp_path, label_dir):
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="float16")
+    torch.manual_seed(0)
+    model = StripNet(ModelConfig(core_channels=4, stem_channels=2, fine_channels=3))
+    for parameter in model.parameters():  # zero-initialised residual scales would hide the core
+        parameter.data.normal_(0.0, 0.05)
+    image = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        full = training_forward(model, image, "float32")
+        rounded = training_forward(model, image, "bfloat16")
+    assert rounded.dtype == torch.float32 and rounded.shape == full.shape
+    difference = float((rounded - full).abs().max())
+    assert 0 < difference < 0.05 * float(full.abs().max())  # rounded, not another network
+
+    config = replace(tiny_config(2), precision="bfloat16")
+    config.model = ModelConfig(core_channels=4, stem_channels=2, fine_channels=3).to_dict()
+    checkpoint = train(label_dir, tmp_path / "bf16", config, progress=False)
+    rows = [row for row in csv.DictReader((tmp_path / "bf16" / "log.csv").open()) if row["loss"]]
+    assert len(rows) == 2 and all(np.isfinite(float(row["loss"])) for row in rows)
+    assert TrainConfig.load(tmp_path / "bf16" / "config.json").precision == "bfloat16"
+    weights = torch.load(checkpoint, weights_only=False)["model"]
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())  # mixed, not half, precision

@@ -42,6 +42,10 @@ FAR_OUTSIDE_MM = 6.0
 # step of run37's network on its own training crops takes 1.12 s instead of 1.83 s here, the
 # same numbers to float rounding (bench/train_step.py, bench/results/train_step.md)
 TRAINING_LAYOUT = torch.channels_last_3d
+# compute precision of the network's forward and backward passes (TrainConfig.precision).
+# bfloat16 autocast runs the convolutions on the CPU's bfloat16 units (AMX, avx512_bf16);
+# the weights, Adam, the moving average and the loss stay float32 (bench/train_step.py)
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # brain+CSF is the product; the no-CSF output is a helper and a user option
 CHANNEL_WEIGHTS = torch.tensor([1.0, 0.5])
 
@@ -86,6 +90,12 @@ class TrainConfig:
     # contrast (synth.SyntheticHeads.contrast_twin) and pays for the difference of the
     # two predictions; 0 keeps the one-sample steps of the runs before run21
     contrast_consistency_weight: float = 0.0
+    # "float32", or "bfloat16" for autocast (PRECISIONS); runs before run39 are float32
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {self.precision!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -152,6 +162,19 @@ def to_tensors(*samples: synth.Sample) -> dict:
         "sdt": torch.from_numpy(np.stack([np.stack([s.sdt_brain, s.sdt_nocsf]) for s in samples])),
         "voxel_mm": float(abs(samples[0].affine[0, 0])),
     }
+
+
+def training_forward(model: StripNet, image: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+    """The network's prediction for a training step, in float32 whatever ``precision``.
+
+    Under bfloat16 autocast the convolutions compute in bfloat16 and keep float32 weights
+    (mixed precision, Micikevicius et al., ICLR 2018, with bfloat16's float32 range so no
+    loss scaling is needed); the loss is computed on the float32 cast of the prediction.
+    """
+    dtype = PRECISIONS[precision]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        prediction = model(image.to(memory_format=TRAINING_LAYOUT))
+    return prediction.float()
 
 
 def _surface_weight(sdt_mm: torch.Tensor) -> torch.Tensor:
@@ -288,7 +311,7 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
         model.train()
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(step)
-        prediction = model(batch["image"].to(memory_format=TRAINING_LAYOUT))
+        prediction = training_forward(model, batch["image"], config.precision)
         loss, parts = loss_function(prediction, batch["sdt"], config.far_false_positive_weight)
         if len(prediction) == 2:
             consistency = contrast_consistency(prediction, batch["sdt"][0])
