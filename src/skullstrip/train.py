@@ -39,13 +39,13 @@ SOFT_BOUNDARY_MM = 1.5
 # is the leak (neck, skull base, scalp) that Dice and the surface-weighted L1 let pass
 FAR_OUTSIDE_MM = 6.0
 # channels-last 3D tensors let oneDNN skip a reorder around every convolution: a training
-# step of run37's network on its own training crops takes 1.12 s instead of 1.83 s here, the
+# step of run38's network on its own training crops takes 1.39 s instead of 2.28 s here, the
 # same numbers to float rounding (bench/train_step.py, bench/results/train_step.md)
 TRAINING_LAYOUT = torch.channels_last_3d
 # compute precision of the network's forward and backward passes (TrainConfig.precision).
 # bfloat16 autocast runs the convolutions on the CPU's bfloat16 units (AMX, avx512_bf16);
 # the weights, Adam, the moving average and the loss stay float32 (bench/train_step.py)
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PRECISIONS = ("float32", "bfloat16")
 # brain+CSF is the product; the no-CSF output is a helper and a user option
 CHANNEL_WEIGHTS = torch.tensor([1.0, 0.5])
 
@@ -90,12 +90,12 @@ class TrainConfig:
     # contrast (synth.SyntheticHeads.contrast_twin) and pays for the difference of the
     # two predictions; 0 keeps the one-sample steps of the runs before run21
     contrast_consistency_weight: float = 0.0
-    # "float32", or "bfloat16" for autocast (PRECISIONS); runs before run39 are float32
+    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32
     precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {self.precision!r}")
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -171,8 +171,9 @@ def training_forward(model: StripNet, image: torch.Tensor, precision: str = "flo
     (mixed precision, Micikevicius et al., ICLR 2018, with bfloat16's float32 range so no
     loss scaling is needed); the loss is computed on the float32 cast of the prediction.
     """
-    dtype = PRECISIONS[precision]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         prediction = model(image.to(memory_format=TRAINING_LAYOUT))
     return prediction.float()
 
