@@ -256,6 +256,8 @@ def test_bfloat16_precision_rounds_the_same_network_and_trains(tmp_path, label_d
     model = StripNet(ModelConfig(core_channels=4, stem_channels=2, fine_channels=3))
     for parameter in model.parameters():  # zero-initialised residual scales would hide the core
         parameter.data.normal_(0.0, 0.05)
+    with pytest.raises(ValueError, match="precision"):
+        training_forward(model, torch.zeros(1, 1, 8, 8, 8), "float16")
     image = torch.randn(1, 1, 24, 24, 24)
     with torch.no_grad():
         full = training_forward(model, image, "float32")

@@ -50,6 +50,12 @@ PRECISIONS = ("float32", "bfloat16")
 CHANNEL_WEIGHTS = torch.tensor([1.0, 0.5])
 
 
+def check_precision(precision: str) -> None:
+    """Refuse a compute precision the training loop does not know (one message for all callers)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+
+
 @dataclass
 class TrainConfig:
     """The whole recipe of a training run (saved as ``config.json`` in the run folder)."""
@@ -94,8 +100,7 @@ class TrainConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        check_precision(self.precision)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -171,8 +176,7 @@ def training_forward(model: StripNet, image: torch.Tensor, precision: str = "flo
     (mixed precision, Micikevicius et al., ICLR 2018, with bfloat16's float32 range so no
     loss scaling is needed); the loss is computed on the float32 cast of the prediction.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    check_precision(precision)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         prediction = model(image.to(memory_format=TRAINING_LAYOUT))
     return prediction.float()
