@@ -1,6 +1,6 @@
 """Two sets of weights side by side on chosen shared scans: pictures and volumes by region.
 
-Usage: python bench/compare_masks.py --model A=FILE --model B=FILE [--focus MM] [--border MM]
+Usage: python bench/compare_masks.py --model A=FILE[,FIELD=VALUE...] --model B=FILE [--focus MM] [--border MM]
        [--case NAME ...] [--name NAME]
 
 The check by eye in the rule for replacing the shipped weights ("the overlays right
@@ -12,12 +12,16 @@ the midline sagittal slice and an axial slice through the lowest third, each wit
 every model's outline (and the reference mask's, when the case has one, in white).
 A table gives each mask's volume and the part of it in the lowest, middle and top
 third of the first model's brain height, so a cut pole or a leak shows as a number.
+A model's entry may set its own post-processing after the file (``csf_fraction`` or
+``border_mm``, e.g. ``--model old=shipped,csf_fraction=1,border_mm=-1.5``), so that weights
+can be compared at the settings each ships with.
 Writes bench/results/compare/NAME_CASE.png and bench/results/compare/NAME.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +39,7 @@ RESULTS = Path(__file__).parent / "results" / "compare"
 COLOURS = ["lime", "red", "deepskyblue", "gold"]
 DEFAULT_CASES = ["vsseg_t1c", "head_neck_t1", "robex_atlas_t1", "openms_patient01_study2_t1w"]
 CORONAL_FRACTIONS = (0.55, 0.65, 0.75)  # of the brain's posterior-to-anterior extent
+PER_MODEL_FIELDS = ("csf_fraction", "border_mm")
 
 
 def find_case(name: str) -> tuple[Path, Path | None]:
@@ -54,8 +59,7 @@ def thirds_ml(mask: np.ndarray, low: int, high: int, voxel_ml: float) -> list[fl
             float(per_slice[edges[2]:].sum())]
 
 
-def compare_case(name: str, models: list[tuple[str, str | None]], options: StripOptions,
-                 picture: Path) -> list[str]:
+def compare_case(name: str, models: list[tuple[str, StripOptions]], picture: Path) -> list[str]:
     """Draw one case's outlines into ``picture``; its rows of the volume table."""
     image_path, reference_path = find_case(name)
     image = nib.as_closest_canonical(nib.load(str(image_path)))
@@ -67,8 +71,8 @@ def compare_case(name: str, models: list[tuple[str, str | None]], options: Strip
     outlines = []
     if reference_path is not None:
         outlines.append(("reference", "white", binary_mask(nib.as_closest_canonical(nib.load(str(reference_path))))))
-    for (label, path), colour in zip(models, COLOURS):
-        result = strip((volume, image.affine), options, model_path=path)
+    for (label, options), colour in zip(models, COLOURS):
+        result = strip((volume, image.affine), options)
         outlines.append((label, colour, result.mask > 0))
 
     first = outlines[1 if reference_path is not None else 0][2]
@@ -104,23 +108,34 @@ def compare_case(name: str, models: list[tuple[str, str | None]], options: Strip
     return rows
 
 
+def model_options(entry: str, common: StripOptions) -> tuple[str, StripOptions]:
+    """``LABEL=FILE[,FIELD=VALUE...]`` as a label and that model's options."""
+    label, _, rest = entry.partition("=")
+    path, *settings = rest.split(",")
+    overrides: dict[str, object] = {"model_path": None if path in ("", "shipped") else path}
+    for setting in settings:
+        field, _, value = setting.partition("=")
+        if field not in PER_MODEL_FIELDS:
+            raise SystemExit(f"{entry}: a model may set {' or '.join(PER_MODEL_FIELDS)}, not {field!r}")
+        overrides[field] = float(value)
+    return label, dataclasses.replace(common, **overrides)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", action="append", required=True, metavar="LABEL=FILE",
-                        help="weights to compare (LABEL=shipped for the package's own)")
+    parser.add_argument("--model", action="append", required=True, metavar="LABEL=FILE[,FIELD=VALUE...]",
+                        help="weights to compare (LABEL=shipped for the package's own), with optional "
+                             "csf_fraction= and border_mm= for this model alone")
     parser.add_argument("--case", action="append", help=f"shared case name (default: {' '.join(DEFAULT_CASES)})")
     parser.add_argument("--border", type=float, default=StripOptions.border_mm)
     parser.add_argument("--focus", type=float, default=StripOptions.focus_mm)
     parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
     parser.add_argument("--name", default="compare")
     args = parser.parse_args()
-    models = []
-    for entry in args.model:
-        label, _, path = entry.partition("=")
-        models.append((label, None if path in ("", "shipped") else path))
-    if len(models) > len(COLOURS):
+    if len(args.model) > len(COLOURS):
         raise SystemExit(f"at most {len(COLOURS)} models")
-    options = StripOptions(border_mm=args.border, focus_mm=args.focus, threads=args.threads)
+    common = StripOptions(border_mm=args.border, focus_mm=args.focus, threads=args.threads)
+    models = [model_options(entry, common) for entry in args.model]
     lines = ["# Masks side by side", "",
              "Command: `python bench/compare_masks.py " + " ".join(f"--model {m}" for m in args.model)
              + "".join(f" --case {c}" for c in args.case or [])
@@ -130,7 +145,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.case or DEFAULT_CASES:
         picture = RESULTS / f"{args.name}_{name}.png"
-        lines += compare_case(name, models, options, picture)
+        lines += compare_case(name, models, picture)
         print(f"{name}: {picture}", flush=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,7 +1,7 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
 Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--mirror-average]
-       [--no-csf | --csf-fraction F] [--focus MM] [--name NAME]
+       [--no-csf | --csf-fraction F[,F...]] [--focus MM] [--manifest CSV] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
 ../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
@@ -12,8 +12,10 @@ postprocess_sweep unless ``--name`` gives another (e.g. for weights that are not
 ``--mirror-average`` measures every setting with ``StripOptions.mirror_average`` (the
 test-time average of the scan's and its left-right mirror's distances); ``--no-csf`` the
 network's other output, the brain without the CSF around it; ``--csf-fraction`` a surface
-between the two (``StripOptions.csf_fraction``); ``--focus`` the half-size of
-the second pass's box (``StripOptions.focus_mm``; 0: one pass).
+between the two (``StripOptions.csf_fraction``, one or several); ``--focus`` the half-size of
+the second pass's box (``StripOptions.focus_mm``; 0: one pass). ``--manifest`` measures
+against other references than eval/'s (columns case, modality, image, mask), for example a
+calibration set whose masks come from another tool.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from skullstrip.infer import StripOptions, strip
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS = Path(__file__).parent / "results"
+EVAL_MANIFEST = SHARED / "data" / "eval" / "manifest.csv"
 
 
 def floats(text: str) -> list[float]:
@@ -44,24 +47,27 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--mirror-average", action="store_true", help="average with the left-right mirror")
     parser.add_argument("--no-csf", action="store_true", help="measure the no-CSF output")
-    parser.add_argument("--csf-fraction", type=float, default=StripOptions.csf_fraction,
-                        help="surface between the no-CSF (0) and brain+CSF (1) outputs")
+    parser.add_argument("--csf-fraction", default=f"{StripOptions.csf_fraction:g}",
+                        help="surfaces between the no-CSF (0) and brain+CSF (1) outputs, comma-separated")
     parser.add_argument("--focus", type=float, default=StripOptions.focus_mm, help="focus box half-size, mm")
+    parser.add_argument("--manifest", type=Path, default=EVAL_MANIFEST, help="cases with reference masks")
     parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
-    settings = list(itertools.product(floats(args.borders), floats(args.openings)))
+    settings = list(itertools.product(floats(args.csf_fraction), floats(args.borders), floats(args.openings)))
     rows = []
-    for case in read_manifest(SHARED / "data" / "eval" / "manifest.csv"):
+    for case in read_manifest(args.manifest):
         reference = nib.load(str(case.mask))
         ref_mask = binary_mask(reference)
-        for border, opening in settings:
+        for fraction, border, opening in settings:
             result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model,
                                                     mirror_average=args.mirror_average, no_csf=args.no_csf,
-                                                    csf_fraction=args.csf_fraction, focus_mm=args.focus))
+                                                    csf_fraction=fraction, focus_mm=args.focus))
             metrics = mask_metrics(result.mask > 0, ref_mask, reference.header.get_zooms()[:3])
-            rows.append({"case": case.case, "modality": case.modality, "border_mm": border, "opening_mm": opening,
-                         "dice": round(metrics["dice"], 4), "hd95_mm": round(metrics["hd95_mm"], 2)})
-            print(f"{case.case:32s} border {border:g} opening {opening:g}: Dice {metrics['dice']:.4f}", flush=True)
+            rows.append({"case": case.case, "modality": case.modality, "csf_fraction": fraction, "border_mm": border,
+                         "opening_mm": opening, "dice": round(metrics["dice"], 4),
+                         "hd95_mm": round(metrics["hd95_mm"], 2)})
+            print(f"{case.case:32s} CSF fraction {fraction:g} border {border:g} opening {opening:g}: "
+                  f"Dice {metrics['dice']:.4f}", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
@@ -69,21 +75,26 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     modalities = sorted({row["modality"] for row in rows})
-    lines = ["# Post-processing settings on the shared real scans", "",
+    lines = ["# Post-processing settings on the shared real scans"
+             + ("" if args.manifest == EVAL_MANIFEST else f" ({args.manifest})"), "",
              f"Command: `python bench/postprocess_sweep.py --borders={args.borders} --openings {args.openings}`"
              + (f" `--model {args.model}`" if args.model else "")
              + (" `--mirror-average`" if args.mirror_average else "")
              + (" `--no-csf`" if args.no_csf else "")
-             + (f" `--csf-fraction {args.csf_fraction:g}`" if args.csf_fraction != StripOptions.csf_fraction else "")
+             + (f" `--csf-fraction {args.csf_fraction}`" if floats(args.csf_fraction) != [StripOptions.csf_fraction]
+                else "")
+             + (f" `--manifest {args.manifest}`" if args.manifest != EVAL_MANIFEST else "")
              + (f" `--focus {args.focus:g}`" if args.focus != StripOptions.focus_mm else "")
              + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
-             "| border mm | opening mm | mean Dice | min Dice | mean HD95 mm | " + " | ".join(modalities) + " |",
-             "|---|---|---|---|---|" + "---|" * len(modalities)]
-    for border, opening in settings:
-        chosen = [r for r in rows if r["border_mm"] == border and r["opening_mm"] == opening]
+             "| CSF fraction | border mm | opening mm | mean Dice | min Dice | mean HD95 mm | "
+             + " | ".join(modalities) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(modalities)]
+    for fraction, border, opening in settings:
+        chosen = [r for r in rows
+                  if (r["csf_fraction"], r["border_mm"], r["opening_mm"]) == (fraction, border, opening)]
         dice = np.array([r["dice"] for r in chosen])
         per_modality = [np.mean([r["dice"] for r in chosen if r["modality"] == m]) for m in modalities]
-        lines.append(f"| {border:g} | {opening:g} | {dice.mean():.4f} | {dice.min():.4f} | "
+        lines.append(f"| {fraction:g} | {border:g} | {opening:g} | {dice.mean():.4f} | {dice.min():.4f} | "
                      f"{np.mean([r['hd95_mm'] for r in chosen]):.2f} | "
                      + " | ".join(f"{value:.4f}" for value in per_modality) + " |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")

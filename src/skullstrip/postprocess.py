@@ -95,7 +95,7 @@ def already_stripped_brain(volume: np.ndarray, sdt_mm: np.ndarray, surface_mm: f
 
     Stripped images are constant (usually zero) outside the brain. When the largest
     connected part of the image above that background is about as large as the
-    network's brain (``sdt_mm < surface_mm``: its brain+CSF surface, which is at
+    network's brain (``sdt_mm < surface_mm``: its unbordered surface, which is at
     ``-border`` in a bordered distance map) and holds nearly all of it, the previous
     tool's mask is the better one: the network cannot tell where a brain cut from its
     surroundings ended, and shrinking a stripped brain again loses tissue. A whole head
