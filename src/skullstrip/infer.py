@@ -67,7 +67,7 @@ class StripOptions:
     # where the surface lies between the network's two outputs: 1 the brain with the CSF
     # around it (SynthStrip's convention), 0 the brain without it, between a weighted
     # mean of the two distances (references differ in how much of the CSF rim they keep;
-    # HD-BET's, the experts' and the templates' keep about half of it). 0.5 with border -1
+    # HD-BET's, the experts' and the templates' keep part of it). 0.5 with border -1
     # since session 34 (see border_mm)
     csf_fraction: float = 0.5
     no_csf: bool = False  # the same as csf_fraction=0
