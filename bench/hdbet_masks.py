@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("cases", nargs="*", default=CALIBRATION_CASES)
     parser.add_argument("--out", type=Path, default=Path("/tmp/calib"))
     args = parser.parse_args()
+    # read with csv, not skullstrip.evaluate.read_manifest: HD-BET's venv does not have our package
     modalities = {row["case"]: row["modality"] for row in csv.DictReader((QC / "manifest.csv").open())}
     rows = []
     for case in args.cases:

@@ -46,22 +46,24 @@ def main() -> None:
     parser.add_argument("--openings", default="0,3,5")
     parser.add_argument("--model")
     parser.add_argument("--mirror-average", action="store_true", help="average with the left-right mirror")
-    parser.add_argument("--no-csf", action="store_true", help="measure the no-CSF output")
-    parser.add_argument("--csf-fraction", default=f"{StripOptions.csf_fraction:g}",
-                        help="surfaces between the no-CSF (0) and brain+CSF (1) outputs, comma-separated")
+    surfaces = parser.add_mutually_exclusive_group()
+    surfaces.add_argument("--no-csf", action="store_true", help="measure the no-CSF output (CSF fraction 0)")
+    surfaces.add_argument("--csf-fraction", default=f"{StripOptions.csf_fraction:g}",
+                          help="surfaces between the no-CSF (0) and brain+CSF (1) outputs, comma-separated")
     parser.add_argument("--focus", type=float, default=StripOptions.focus_mm, help="focus box half-size, mm")
     parser.add_argument("--manifest", type=Path, default=EVAL_MANIFEST, help="cases with reference masks")
     parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
-    settings = list(itertools.product(floats(args.csf_fraction), floats(args.borders), floats(args.openings)))
+    fractions = [0.0] if args.no_csf else floats(args.csf_fraction)
+    settings = list(itertools.product(fractions, floats(args.borders), floats(args.openings)))
     rows = []
     for case in read_manifest(args.manifest):
         reference = nib.load(str(case.mask))
         ref_mask = binary_mask(reference)
         for fraction, border, opening in settings:
             result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model,
-                                                    mirror_average=args.mirror_average, no_csf=args.no_csf,
-                                                    csf_fraction=fraction, focus_mm=args.focus))
+                                                    mirror_average=args.mirror_average, csf_fraction=fraction,
+                                                    focus_mm=args.focus))
             metrics = mask_metrics(result.mask > 0, ref_mask, reference.header.get_zooms()[:3])
             rows.append({"case": case.case, "modality": case.modality, "csf_fraction": fraction, "border_mm": border,
                          "opening_mm": opening, "dice": round(metrics["dice"], 4),
@@ -81,8 +83,8 @@ def main() -> None:
              + (f" `--model {args.model}`" if args.model else "")
              + (" `--mirror-average`" if args.mirror_average else "")
              + (" `--no-csf`" if args.no_csf else "")
-             + (f" `--csf-fraction {args.csf_fraction}`" if floats(args.csf_fraction) != [StripOptions.csf_fraction]
-                else "")
+             + (f" `--csf-fraction {args.csf_fraction}`"
+                if not args.no_csf and fractions != [StripOptions.csf_fraction] else "")
              + (f" `--manifest {args.manifest}`" if args.manifest != EVAL_MANIFEST else "")
              + (f" `--focus {args.focus:g}`" if args.focus != StripOptions.focus_mm else "")
              + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
