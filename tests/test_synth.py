@@ -445,3 +445,52 @@ def test_skull_base_warp_changes_the_lower_targets_and_no_other_draw(procedural_
     assert changed[lower].max() > 0.1  # the lower brain and what lies under it moved
     assert changed[upper].max() == 0  # the top third is read where it was
     assert dice(inside_plain, inside_warped) > 0.9  # a local change, not another head
+
+
+def test_rim_widening_turns_the_outer_brain_into_csf_and_keeps_regions(procedural_anatomy):
+    anatomy = procedural_anatomy
+    regions = anatomy.regions
+    widened = synth.RimWidening(rim_mm=4.0)(regions, anatomy.rim_index, anatomy.rim_depth)
+    np.testing.assert_array_equal(widened % synth.N_REGIONS, regions % synth.N_REGIONS)
+    before, after = regions // synth.N_REGIONS, widened // synth.N_REGIONS
+    changed = before != after
+    assert changed.any()
+    assert np.isin(before[changed], (synth.GM, synth.WM)).all() and (after[changed] == synth.CSF).all()
+    shallow = (anatomy.sdt_brain > -4.0) & (anatomy.sdt_brain <= 0) & np.isin(before, (synth.GM, synth.WM))
+    np.testing.assert_array_equal(changed, shallow)  # all brain tissue less than 4 mm deep, nothing else
+    np.testing.assert_array_equal(synth.RimWidening(0.0)(regions, anatomy.rim_index, anatomy.rim_depth), regions)
+
+
+def test_rim_widening_nocsf_target_matches_the_mask_of_the_widened_labels(procedural_anatomy):
+    """The target agrees with the no-CSF mask recomputed from the widened labels, and the
+    brain+CSF mask is the same before and after."""
+    anatomy = procedural_anatomy
+    widening = synth.RimWidening(rim_mm=4.0)
+    labels = widening(anatomy.regions, anatomy.rim_index, anatomy.rim_depth) // synth.N_REGIONS
+    brain, nocsf = synth.brain_masks_from_labels(labels)
+    old_brain, _ = synth.brain_masks_from_labels(anatomy.labels)
+    assert dice(brain, old_brain) > 0.999
+    target = widening.nocsf_target(anatomy.sdt_nocsf, anatomy.sdt_brain, mm_per_label_mm=1.0) < 0
+    assert dice(target, nocsf & brain) > 0.97
+    assert target.sum() < (anatomy.sdt_nocsf < 0).sum()
+    # in the unit of its inputs: at 2 output mm per label mm, a 4 mm rim is 8 output mm
+    assert widening.nocsf_target(np.float32([-20.0]), np.float32([-10.0]), 2.0).tolist() == [-2.0]
+
+
+def test_rim_widening_off_draws_nothing_and_changes_only_the_cortex(procedural_anatomy):
+    """Own stream: with it on the same seed gives the same contrast, grid and brain+CSF
+    target, a smaller no-CSF target, and another image."""
+    assert synth.sample_rim_widening(3, synth.SynthConfig()) is None
+    config_on = synth.config_with(p_rim_widening=1.0, rim_widening_mm=(3.0, 3.5))
+    rims = [synth.sample_rim_widening(seed, config_on).rim_mm for seed in range(20)]
+    assert min(rims) >= 3.0 and max(rims) <= 3.5
+    samples = []
+    for p in (0.0, 1.0):
+        config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_rim_widening=p, rim_widening_mm=(4.0, 4.0))
+        samples.append(synth.SyntheticHeads([procedural_anatomy], config).sample(9, "mri"))
+    plain, widened = samples
+    assert plain.contrast == widened.contrast and plain.image.shape == widened.image.shape
+    np.testing.assert_array_equal(plain.sdt_brain, widened.sdt_brain)
+    assert (widened.sdt_nocsf >= plain.sdt_nocsf).all()
+    assert (widened.sdt_nocsf < 0).sum() < (plain.sdt_nocsf < 0).sum()
+    assert not np.array_equal(plain.image, widened.image)

@@ -63,6 +63,10 @@ SDT_CLIP_MM = 25.0
 # they never share numbers: contrast_twin's contrast and sample_skull_base_warp
 TWIN_CONTRAST_STREAM = 1
 SKULL_BASE_WARP_STREAM = 2
+RIM_WIDENING_STREAM = 3
+# deepest brain tissue (mm below the brain+CSF surface) that RimWidening may turn into
+# CSF: the Anatomy keeps only these voxels in its rim index
+MAX_RIM_MM = 6.0
 MODALITIES = ("mri", "ct", "pet", "epi", "mra")
 
 
@@ -116,6 +120,10 @@ class SynthConfig:
     # session 26); off by default so that earlier recipes replay bit for bit
     p_skull_base_warp: float = 0.0
     skull_base_warp_mm: float = 8.0
+    # a CSF rim between the cortex and the skull at least this thick (RimWidening), as in
+    # older and atrophic brains; off by default so that earlier recipes replay bit for bit
+    p_rim_widening: float = 0.0
+    rim_widening_mm: tuple[float, float] = (2.0, 5.0)
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -151,6 +159,11 @@ class Anatomy:
     # a prefix instead of scanning the whole head on every sample
     scalp_index: np.ndarray  # int64
     scalp_depth: np.ndarray  # uint8, sorted
+    # where RimWidening may turn cortex into CSF: the flat indices of the grey and white
+    # matter voxels within MAX_RIM_MM of the brain+CSF surface and their depth below it
+    # (mm), shallowest first, so a rim thickness picks a prefix
+    rim_index: np.ndarray  # int64
+    rim_depth: np.ndarray  # float32, sorted
 
     @property
     def sdt_brain(self) -> np.ndarray:
@@ -355,15 +368,19 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     nocsf = nocsf & brain
     labels = labels.astype(np.uint8)
     scalp_index, scalp_depth = scalp_by_depth(scalp_depth_mm(labels))
+    sdts = np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
+                   -SDT_CLIP_MM, SDT_CLIP_MM)
+    rim_index, rim_depth = cortex_by_depth(labels, sdts[..., 0])
     return Anatomy(
         labels=labels,
-        sdts=np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
-                     -SDT_CLIP_MM, SDT_CLIP_MM),
+        sdts=sdts,
         name=name,
         # seeded by the name: every run and worker cuts a subject's head the same way
         regions=tissue_regions(labels, np.random.default_rng(zlib.crc32(name.encode()) + 1)),
         scalp_index=scalp_index,
         scalp_depth=scalp_depth,
+        rim_index=rim_index,
+        rim_depth=rim_depth,
     )
 
 
@@ -372,6 +389,18 @@ def scalp_by_depth(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     index = np.flatnonzero(depth)
     index = index[np.argsort(depth.ravel()[index], kind="stable")]
     return index, depth.ravel()[index]
+
+
+def cortex_by_depth(labels: np.ndarray, sdt_brain: np.ndarray,
+                    max_mm: float = MAX_RIM_MM) -> tuple[np.ndarray, np.ndarray]:
+    """The grey and white matter voxels within ``max_mm`` inside the brain+CSF surface, shallowest first.
+
+    Returns their flat indices and their depths (mm, ``-sdt_brain``).
+    """
+    depth = -sdt_brain.ravel()
+    index = np.flatnonzero(np.isin(labels.ravel(), (GM, WM)) & (depth >= 0) & (depth < max_mm))
+    order = np.argsort(depth[index], kind="stable")
+    return index[order], depth[index][order].astype(np.float32)
 
 
 def tissue_regions(labels: np.ndarray, rng: np.random.Generator, cell_mm: int = 2) -> np.ndarray:
@@ -664,6 +693,64 @@ def sample_skull_base_warp(seed: int, config: SynthConfig, anatomy: Anatomy) -> 
     floor = anatomy.brain_bottom_vox + rng.uniform(25, 45)
     return SkullBaseWarp(displacement=displacement.astype(np.float32), label_shape=anatomy.labels.shape,
                          floor_vox=float(floor), fade_vox=30.0)
+
+
+@dataclass(frozen=True)
+class RimWidening:
+    """A CSF rim at least ``rim_mm`` thick between the skull and the cortex.
+
+    BrainWeb's young adults have 1-2 mm of CSF between the cortex and the skull; in older
+    and atrophic brains (the MS patients of ``../shared/data/eval``) it is several mm. Where
+    the CSF is as dark as the bone (FLAIR, T1w) the rim cannot be seen, and a network that
+    has only seen thin rims puts the brain+CSF surface too far in (the FLAIR bias measured
+    by ``bench/synthetic_leak.py --mri-family flair``; training/README.md). This is
+    :func:`atrophy` measured from the skull instead of from the CSF, per sample instead
+    of per subject: grey and white matter less than ``rim_mm`` below the brain+CSF surface
+    become CSF, so gyral crowns recede and sulci open wider near the surface, while deep
+    sulci, the midline and the ventricles stay as they are. The brain+CSF mask does not
+    change; the no-CSF mask loses what became CSF (:meth:`nocsf_target`).
+    """
+
+    rim_mm: float
+
+    def __call__(self, regions: np.ndarray, rim_index: np.ndarray, rim_depth: np.ndarray) -> np.ndarray:
+        """``Anatomy.regions`` with the brain tissue less than ``rim_mm`` deep made CSF.
+
+        ``rim_index``/``rim_depth``: the grey and white matter voxels sorted by depth below
+        the brain+CSF surface (``Anatomy``); each voxel keeps its region.
+        """
+        index = rim_index[: np.searchsorted(rim_depth, self.rim_mm, side="left")]
+        widened = regions.copy()
+        flat = widened.reshape(-1)
+        flat[index] = CSF * N_REGIONS + flat[index] % N_REGIONS
+        return widened
+
+    def nocsf_target(self, sdt_nocsf: np.ndarray, sdt_brain: np.ndarray, mm_per_label_mm: float) -> np.ndarray:
+        """The no-CSF signed distance after the widening, in the unit of the two inputs.
+
+        The new no-CSF mask is the old one minus the tissue within ``rim_mm`` of the
+        brain+CSF surface, the intersection of two masks; inside it the signed distance
+        of an intersection is the larger of the two (outside, close to it), so this needs
+        no new distance transform. ``mm_per_label_mm`` converts ``rim_mm`` (label-map mm)
+        to the inputs' unit.
+        """
+        return np.maximum(sdt_nocsf, sdt_brain + np.float32(self.rim_mm * mm_per_label_mm))
+
+
+def sample_rim_widening(seed: int, config: SynthConfig) -> RimWidening | None:
+    """With ``p_rim_widening``, a rim at least ``rim_widening_mm`` thick, drawn from its own stream.
+
+    Its own generator, seeded by the sample's seed, leaves every other draw of the sample
+    unchanged: with the probability at 0 earlier recipes replay exactly, and a sample with
+    and without the widening differ in the outer cortex only.
+    """
+    if config.p_rim_widening <= 0:
+        return None
+    rng = np.random.default_rng([seed, RIM_WIDENING_STREAM])
+    if rng.random() >= config.p_rim_widening:
+        return None
+    low, high = config.rim_widening_mm
+    return RimWidening(rim_mm=float(rng.uniform(low, high)))
 
 
 # -------------------------------------------------------------------- tissue contrast
@@ -1246,6 +1333,9 @@ class SyntheticHeads:
         regions = anatomy.regions
         if thickening is not None:
             regions = thickening(regions, anatomy.scalp_index, anatomy.scalp_depth)
+        widening = sample_rim_widening(seed, config)
+        if widening is not None:
+            regions = widening(regions, anatomy.rim_index, anatomy.rim_depth)
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
         # partial volume: the image is interpolated from the 1 mm tissue intensities
@@ -1254,6 +1344,8 @@ class SyntheticHeads:
         image += contrast.texture(labels, rng)
         to_output_mm = np.float32(transform.mm_per_label_mm)
         targets = [d.reshape(shape) * to_output_mm for d in sampler.value_pairs(anatomy.sdts, outside=SDT_CLIP_MM)]
+        if widening is not None:
+            targets[1] = widening.nocsf_target(targets[1], targets[0], transform.mm_per_label_mm)
 
         if modality == "epi" and rng.random() < 0.7:
             image = sample_dropout(rng, targets[0])(image)
