@@ -10,8 +10,8 @@ measures the same failure where the truth is known: the held-out BrainWeb subjec
 last three, never trained on) with their synthetic necks, imaged by the training
 generator at whole-head size with the head upright (no axis permutation, so "below" is
 the voxel z axis) and with no crop shift, defacing, field-of-view cut or stripping. Each
-model runs through ``skullstrip.strip`` at the default border and opening, and the mask
-is compared with the generator's brain+CSF target:
+model runs through ``skullstrip.strip`` (default border, CSF fraction and opening unless
+``--border``/``--csf-fraction``), and the mask is compared with the generator's brain+CSF target:
 
 - ``dice``;
 - ``volume_ratio``: the mask's volume over the target's (over-reach above 1);
@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--subjects", choices=("held-out", "training"), default="held-out",
                         help="the held-out BrainWeb subjects or three that were trained on")
     parser.add_argument("--clean", action="store_true", help="no thick slices, blur, noise, bias or gamma")
+    parser.add_argument("--csf-fraction", type=float, default=StripOptions.csf_fraction,
+                        help="surface between the no-CSF (0) and brain+CSF (1) outputs; 1 with --border 0 "
+                             "measures the brain+CSF output itself, the surface the target is")
+    parser.add_argument("--border", type=float, default=StripOptions.border_mm, help="mask border, mm")
     parser.add_argument("--name", default="synthetic_leak")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
@@ -103,7 +107,8 @@ def main() -> None:
         modality = args.modality or synth.MODALITIES[index % len(synth.MODALITIES)]
         sample = generator.sample(FIRST_SEED + index, modality)
         for name, path in models.items():
-            result = strip((sample.image, sample.affine), StripOptions(model_path=path))
+            result = strip((sample.image, sample.affine), StripOptions(model_path=path, csf_fraction=args.csf_fraction,
+                                                                    border_mm=args.border))
             rows.append({"sample": index, "anatomy": sample.anatomy, "modality": modality, "model": name,
                          **leak_metrics(result.mask > 0, sample.sdt_brain, voxel_ml)})
             print(rows[-1], flush=True)
@@ -121,7 +126,8 @@ def main() -> None:
              f"Command: `python bench/synthetic_leak.py {options}`", "",
              f"{args.n} samples of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects, {modalities}{look}"
              + (", no corruptions" if args.clean else "") + ", "
-             f"default border and opening. volume: mask over target (near: within {FAR_OUTSIDE_MM:g} mm of it); "
+             f"CSF fraction {args.csf_fraction:g}, border {args.border:g} mm, default opening. "
+             f"volume: mask over target (near: within {FAR_OUTSIDE_MM:g} mm of it); "
              f"far: mL called brain more than "
              f"{FAR_OUTSIDE_MM:g} mm outside the target; below: mL below the target's lowest slice.", "",
              "| model | mean Dice | min Dice | volume (mean) | near volume (mean) | far mL (mean) | far mL (max) "

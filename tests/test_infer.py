@@ -275,17 +275,18 @@ def test_focus_box_centres_on_the_first_pass_brain_and_stays_in_the_head():
 
 
 def test_a_second_pass_on_the_brain_keeps_a_long_neck_out_of_the_mask(phantom, phantom_world_affine):
-    """A head continued 120 mm down by its lowest slice: the network, which saw such
-    necks only at the edge of its training crops, calls part of it brain on the whole
-    field of view; looking again at the box around the brain it does not."""
+    """A head continued 120 mm down by its lowest slice: the second pass looks at the box
+    around the brain and calls almost none of the neck brain. (run18, the network the focus pass
+    was made for, called part of this neck brain in one pass and about 5x less with the
+    focus; run38 and run40 keep it out in both, so the test no longer compares the two.)"""
     neck_slices = 60
     long = np.concatenate([np.repeat(phantom.image[:, :, :1], neck_slices, axis=2), phantom.image], axis=2)
     affine = phantom_world_affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.array([0, 0, neck_slices])
-    # on the brain+CSF surface: the half-CSF default (run38) keeps this neck out even in one pass
+    # on the brain+CSF surface, the largest of the network's surfaces
     focused = skullstrip.strip((long, affine), border_mm=0, csf_fraction=1.0)
     one_pass = skullstrip.strip((long, affine), border_mm=0, csf_fraction=1.0, focus_mm=0)
     assert focused.diagnostics["focus_pass"] == 1 and one_pass.diagnostics["focus_pass"] == 0
-    # the default box (112 mm) still shows the top of the neck; one pass calls ~5x more of it brain
-    assert focused.mask[:, :, :neck_slices].sum() < 0.25 * one_pass.mask[:, :, :neck_slices].sum()
+    assert focused.mask[:, :, :neck_slices].sum() <= one_pass.mask[:, :, :neck_slices].sum()
+    assert focused.mask[:, :, :neck_slices].sum() < 0.01 * phantom.brain_mask.sum()
     assert dice(focused.mask[:, :, neck_slices:], phantom.brain_mask) > 0.9

@@ -46,7 +46,7 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--sdt", help="signed distance to the brain surface in mm (negative inside)")
     parser.add_argument("-b", "--border", type=float, default=None,
                         help="mask border in mm from the surface --csf-fraction picks: positive grows, negative "
-                             "shrinks (default: the model's setting, -1)")
+                             "shrinks (default: the model's setting, -0.5)")
     parser.add_argument("--opening", type=float, default=None,
                         help="cut bridges thinner than twice this many mm between the brain and non-brain "
                              "parts wrongly joined to it; 0 turns it off (default: the model's setting)")
@@ -77,7 +77,7 @@ def _add_csf_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-csf", action="store_true", help="exclude the CSF around the brain from the mask")
     group.add_argument("--csf-fraction", type=float, default=None, metavar="F",
                        help="place the surface between the brain without (0) and with (1) the CSF around "
-                            "it (default 0.5)")
+                            "it (default 0.25)")
 
 
 def _add_focus_flag(parser: argparse.ArgumentParser) -> None:
