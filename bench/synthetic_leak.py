@@ -2,7 +2,7 @@
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
        [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--subjects WHICH] [--clean]
-       [--name NAME]
+       [--csf-fraction F] [--border MM] [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This

@@ -96,7 +96,7 @@ class TrainConfig:
     # contrast (synth.SyntheticHeads.contrast_twin) and pays for the difference of the
     # two predictions; 0 keeps the one-sample steps of the runs before run21
     contrast_consistency_weight: float = 0.0
-    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 bfloat16
+    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 and run40 bfloat16
     precision: str = "float32"
 
     def __post_init__(self) -> None:
