@@ -60,7 +60,8 @@ N_REGIONS = 16
 REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
 # second entropy words of the draws that have random streams of their own, one each so
-# they never share numbers: contrast_twin's contrast and sample_skull_base_warp
+# they never share numbers: contrast_twin's contrast, sample_skull_base_warp and
+# sample_rim_widening
 TWIN_CONTRAST_STREAM = 1
 SKULL_BASE_WARP_STREAM = 2
 RIM_WIDENING_STREAM = 3
@@ -702,8 +703,9 @@ class RimWidening:
     BrainWeb's young adults have 1-2 mm of CSF between the cortex and the skull; in older
     and atrophic brains (the MS patients of ``../shared/data/eval``) it is several mm. Where
     the CSF is as dark as the bone (FLAIR, T1w) the rim cannot be seen, and a network that
-    has only seen thin rims puts the brain+CSF surface too far in (the FLAIR bias measured
-    by ``bench/synthetic_leak.py --mri-family flair``; training/README.md). This is
+    has only seen thin rims may put the brain+CSF surface too far in (the surface lies
+    deeper on FLAIR than on T2, ``bench/synthetic_leak.py --mri-family``; run40 trained
+    with this and the ratio stayed, training/README.md). This is
     :func:`atrophy` measured from the skull instead of from the CSF, per sample instead
     of per subject: grey and white matter less than ``rim_mm`` below the brain+CSF surface
     become CSF, so gyral crowns recede and sulci open wider near the surface, while deep
