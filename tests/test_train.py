@@ -23,6 +23,7 @@ from skullstrip.train import (  # noqa: E402
     export_weights,
     initialise_from,
     loss_function,
+    surface_offset,
     train,
     training_forward,
 )
@@ -209,6 +210,22 @@ def test_far_false_positive_weight_only_adds_to_far_leaks():
     near_miss = sdt / 10 - 0.3  # everything 3 mm too big: a boundary error, not a leak
     assert float(loss_function(leak, sdt, 4.0)[0]) > float(loss_function(leak, sdt)[0]) + 0.05
     assert float(loss_function(near_miss, sdt, 4.0)[0]) == pytest.approx(float(loss_function(near_miss, sdt)[0]))
+
+
+def test_surface_offset_pays_for_a_whole_surface_moved_not_for_scattered_errors():
+    sdt = torch.linspace(-15, 15, 16**3).reshape(1, 1, 16, 16, 16).repeat(1, 2, 1, 1, 1)
+    truth = sdt / 10
+    assert surface_offset(truth, sdt).abs().max() < 1e-6
+    too_big = truth - 0.3  # every distance 3 mm short: the surface 3 mm out
+    torch.testing.assert_close(surface_offset(too_big, sdt), torch.full((1, 2), -0.3))
+    scattered = truth + 0.3 * torch.where(torch.arange(16) % 2 == 0, 1.0, -1.0)  # cancels slab by slab
+    assert surface_offset(scattered, sdt).abs().max() < 0.05
+    # the weighted term: the brain+CSF channel counts fully, the no-CSF one half
+    added = float(loss_function(too_big, sdt, surface_offset_weight=1.0)[0]) - float(loss_function(too_big, sdt)[0])
+    assert added == pytest.approx(1.0 * 0.3 + 0.5 * 0.3, abs=1e-4)
+    assert float(loss_function(scattered, sdt, surface_offset_weight=1.0)[0]) < (
+        float(loss_function(scattered, sdt)[0]) + 0.05)
+    assert loss_function(too_big, sdt)[1]["offset_mm"] == pytest.approx(3.0, abs=1e-3)
 
 
 def test_stream_with_twins_pairs_mri_steps_only(label_dir):

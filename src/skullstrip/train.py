@@ -38,6 +38,9 @@ SOFT_BOUNDARY_MM = 1.5
 # tissue further than this outside the brain is never a boundary call: calling it brain
 # is the leak (neck, skull base, scalp) that Dice and the surface-weighted L1 let pass
 FAR_OUTSIDE_MM = 6.0
+# voxels this close to the true surface measure where a sample's predicted surface lies
+# (surface_offset): the band a mask's boundary moves through when it is too big or small
+OFFSET_BAND_MM = 6.0
 # channels-last 3D tensors let oneDNN skip a reorder around every convolution: a training
 # step of run38's network on its own training crops takes 1.39 s instead of 2.28 s here, the
 # same numbers to float rounding (bench/train_step.py, bench/results/train_step.md)
@@ -96,6 +99,10 @@ class TrainConfig:
     # contrast (synth.SyntheticHeads.contrast_twin) and pays for the difference of the
     # two predictions; 0 keeps the one-sample steps of the runs before run21
     contrast_consistency_weight: float = 0.0
+    # weight of surface_offset: each sample pays for the mean signed error of its
+    # distances near the surface, i.e. for a whole surface too far out or in; 0 keeps the
+    # loss of the runs before run41
+    surface_offset_weight: float = 0.0
     # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 and run40 bfloat16
     precision: str = "float32"
 
@@ -187,8 +194,8 @@ def _surface_weight(sdt_mm: torch.Tensor) -> torch.Tensor:
     return 1 + 4 * torch.exp(-sdt_mm.abs() / 4.0)
 
 
-def loss_function(prediction: torch.Tensor, sdt_mm: torch.Tensor,
-                  far_false_positive_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+def loss_function(prediction: torch.Tensor, sdt_mm: torch.Tensor, far_false_positive_weight: float = 0.0,
+                  surface_offset_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Boundary-weighted L1 on clipped signed distances plus soft Dice of the masks.
 
     The L1 term teaches a distance field (needed for smooth resampling and borders);
@@ -197,6 +204,8 @@ def loss_function(prediction: torch.Tensor, sdt_mm: torch.Tensor,
     notice a few tens of mL called brain far below the cerebellum (a 30 mL leak costs
     about 1 % of Dice), so ``far_false_positive_weight`` adds weight to exactly those
     voxels: more than ``FAR_OUTSIDE_MM`` outside and predicted inside.
+    ``surface_offset_weight`` adds :func:`surface_offset`'s penalty on each sample's
+    mean offset of the whole surface.
     """
     target = sdt_mm.clamp(-LOSS_CLIP_MM, LOSS_CLIP_MM) / DISTANCE_SCALE_MM
     weight = _surface_weight(sdt_mm)
@@ -209,8 +218,30 @@ def loss_function(prediction: torch.Tensor, sdt_mm: torch.Tensor,
     overlap = (probability * truth).sum(dim=(0, 2, 3, 4))
     dice = 2 * overlap / (probability.sum(dim=(0, 2, 3, 4)) + truth.sum(dim=(0, 2, 3, 4)) + 1.0)
     total = (CHANNEL_WEIGHTS[: prediction.shape[1]] * (l1 + (1 - dice))).sum()
+    offset = surface_offset(prediction, sdt_mm)
+    if surface_offset_weight:
+        total = total + surface_offset_weight * (CHANNEL_WEIGHTS[: prediction.shape[1]] * offset.abs().mean(0)).sum()
     return total, {"l1": float(l1[0].detach()), "dice": float(dice[0].detach()),
-                   "dice_nocsf": float(dice[-1].detach())}
+                   "dice_nocsf": float(dice[-1].detach()),
+                   "offset_mm": float(offset[:, 0].detach().abs().mean() * DISTANCE_SCALE_MM)}
+
+
+def surface_offset(prediction: torch.Tensor, sdt_mm: torch.Tensor) -> torch.Tensor:
+    """(N, C) mean signed error of each sample's distances within ``OFFSET_BAND_MM`` of the surface.
+
+    In units of ``DISTANCE_SCALE_MM``; negative when the predicted surface lies outside
+    the true one (a mask too big). Voxel-wise L1 pays the same for an error that moves
+    the whole surface as for scattered ones that cancel, so a network can keep a
+    per-image offset: run40 placed the brain+CSF surface of clean synthetic T2 heads of
+    its own training subjects 1.9 mm out and of FLAIR heads 0.6 mm out, and on the real
+    scans of one head (openms patient04) its T2w mask is 17 % larger than its FLAIR one.
+    The absolute value of this mean is a per-sample size error, like the size penalties
+    of constrained CNN losses (Kervadec et al., Medical Image Analysis 2019), measured
+    where the boundary is.
+    """
+    band = (sdt_mm.abs() < OFFSET_BAND_MM).float()
+    error = prediction - sdt_mm.clamp(-LOSS_CLIP_MM, LOSS_CLIP_MM) / DISTANCE_SCALE_MM
+    return (band * error).sum(dim=(2, 3, 4)) / band.sum(dim=(2, 3, 4)).clamp(min=1.0)
 
 
 def contrast_consistency(prediction: torch.Tensor, sdt_mm: torch.Tensor) -> torch.Tensor:
@@ -317,7 +348,8 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate_at(step)
         prediction = training_forward(model, batch["image"], config.precision)
-        loss, parts = loss_function(prediction, batch["sdt"], config.far_false_positive_weight)
+        loss, parts = loss_function(prediction, batch["sdt"], config.far_false_positive_weight,
+                                    config.surface_offset_weight)
         if len(prediction) == 2:
             consistency = contrast_consistency(prediction, batch["sdt"][0])
             loss = loss + config.contrast_consistency_weight * consistency
