@@ -1,7 +1,7 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
 Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--mirror-average]
-       [--no-csf | --csf-fraction F[,F...]] [--focus MM] [--manifest CSV] [--name NAME]
+       [--no-csf | --csf-fraction F[,F...]] [--focus MM] [--manifest CSV] [--tie DICE] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
 ../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
@@ -15,7 +15,9 @@ network's other output, the brain without the CSF around it; ``--csf-fraction`` 
 between the two (``StripOptions.csf_fraction``, one or several); ``--focus`` the half-size of
 the second pass's box (``StripOptions.focus_mm``; 0: one pass). ``--manifest`` measures
 against other references than eval/'s (columns case, modality, image, mask), for example a
-calibration set whose masks come from another tool.
+calibration set whose masks come from another tool. The last line of the report names the
+chosen setting (``evaluate.choose_setting``): the highest mean Dice, with settings within
+``--tie`` of it going to the one nearest the ``StripOptions`` defaults, CSF fraction first.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from skullstrip.evaluate import binary_mask, mask_metrics, read_manifest
+from skullstrip.evaluate import binary_mask, choose_setting, mask_metrics, read_manifest
 from skullstrip.infer import StripOptions, strip
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -52,6 +54,8 @@ def main() -> None:
                           help="surfaces between the no-CSF (0) and brain+CSF (1) outputs, comma-separated")
     parser.add_argument("--focus", type=float, default=StripOptions.focus_mm, help="focus box half-size, mm")
     parser.add_argument("--manifest", type=Path, default=EVAL_MANIFEST, help="cases with reference masks")
+    parser.add_argument("--tie", type=float, default=0.0005,
+                        help="mean Dice differences this small count as ties, broken towards the defaults")
     parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
     fractions = [0.0] if args.no_csf else floats(args.csf_fraction)
@@ -91,14 +95,22 @@ def main() -> None:
              "| CSF fraction | border mm | opening mm | mean Dice | min Dice | mean HD95 mm | "
              + " | ".join(modalities) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(modalities)]
+    mean_dice = {}
     for fraction, border, opening in settings:
-        chosen = [r for r in rows
-                  if (r["csf_fraction"], r["border_mm"], r["opening_mm"]) == (fraction, border, opening)]
-        dice = np.array([r["dice"] for r in chosen])
-        per_modality = [np.mean([r["dice"] for r in chosen if r["modality"] == m]) for m in modalities]
+        own = [r for r in rows
+               if (r["csf_fraction"], r["border_mm"], r["opening_mm"]) == (fraction, border, opening)]
+        dice = np.array([r["dice"] for r in own])
+        mean_dice[(fraction, border, opening)] = float(dice.mean())
+        per_modality = [np.mean([r["dice"] for r in own if r["modality"] == m]) for m in modalities]
         lines.append(f"| {fraction:g} | {border:g} | {opening:g} | {dice.mean():.4f} | {dice.min():.4f} | "
-                     f"{np.mean([r['hd95_mm'] for r in chosen]):.2f} | "
+                     f"{np.mean([r['hd95_mm'] for r in own]):.2f} | "
                      + " | ".join(f"{value:.4f}" for value in per_modality) + " |")
+    defaults = (StripOptions.csf_fraction, StripOptions.border_mm, StripOptions.opening_mm)
+    fraction, border, opening = choose_setting(mean_dice, defaults, args.tie)
+    lines += ["", f"Chosen: CSF fraction {fraction:g}, border {border:g} mm, opening {opening:g} mm "
+              f"(mean Dice {mean_dice[(fraction, border, opening)]:.4f}; the highest, with settings within "
+              f"{args.tie:g} of it tied and going to the one nearest the defaults ({defaults[0]:g}, "
+              f"{defaults[1]:g}, {defaults[2]:g}), CSF fraction first)."]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

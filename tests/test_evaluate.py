@@ -125,3 +125,16 @@ def test_shipped_model_on_one_real_scan(tmp_path):
     rows = evaluate.evaluate_manifest(manifest, tmp_path / "out", progress=False)
     assert rows and rows[0]["dice"] > 0.85
     assert rows[0]["peak_rss_mb"] > 50 and rows[0]["seconds"] > 0
+
+
+def test_choose_setting_takes_the_best_unless_a_near_tie_is_nearer_the_defaults():
+    means = {(0.5, -1.0): 0.9500, (0.25, -0.5): 0.9518, (0.5, -1.5): 0.9508}
+    assert evaluate.choose_setting(means, preferred=(0.5, -1.0)) == (0.25, -0.5)
+    # within the tolerance the defaults' neighbour wins, the first coordinate moving last
+    means[(0.5, -1.5)] = 0.9515
+    assert evaluate.choose_setting(means, preferred=(0.5, -1.0)) == (0.5, -1.5)
+    means[(0.25, -1.0)] = 0.9516
+    assert evaluate.choose_setting(means, preferred=(0.5, -1.0)) == (0.5, -1.5)
+    assert evaluate.choose_setting(means, preferred=(0.5, -1.0), tolerance=0.0) == (0.25, -0.5)
+    with pytest.raises(ValueError, match="no settings"):
+        evaluate.choose_setting({}, preferred=(0.5, -1.0))

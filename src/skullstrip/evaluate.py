@@ -141,6 +141,24 @@ class Case:
     mask: Path | None
 
 
+def choose_setting(mean_dice: dict[tuple[float, ...], float], preferred: Sequence[float],
+                   tolerance: float = 0.0005) -> tuple[float, ...]:
+    """The setting with the highest mean Dice; near-ties go to the one nearest ``preferred``.
+
+    Settings within ``tolerance`` of the best are tied: on a handful of calibration scans
+    such differences are noise, and moving the defaults for noise makes users' masks
+    change between releases for nothing. Among the tied, the nearest to ``preferred``
+    (the defaults in force) wins, compared coordinate by coordinate in order (for the
+    post-processing sweep: CSF fraction, then border), so the first coordinate moves only
+    when it must.
+    """
+    if not mean_dice:
+        raise ValueError("no settings to choose from")
+    best = max(mean_dice.values())
+    tied = [setting for setting, dice in mean_dice.items() if best - dice <= tolerance]
+    return min(tied, key=lambda setting: tuple(abs(a - b) for a, b in zip(setting, preferred)))
+
+
 def read_manifest(path: str | Path) -> list[Case]:
     """Cases from a CSV with columns case, modality, image[, mask]; paths relative to it."""
     path = Path(path)
