@@ -1,0 +1,105 @@
+"""How far out or in networks place the whole surface of synthetic heads, per MRI contrast.
+
+Usage: python bench/synthetic_offset.py [--model NAME=FILE ...] [--families t1,t2,flair,pd]
+       [--n 4] [--subjects WHICH] [--clean] [--name NAME]
+
+The raw network, without any post-processing, on whole synthetic heads of the training
+generator (upright, no crop shift, defacing, field-of-view cut or stripping; the heads of
+``bench/synthetic_leak.py``), every MRI sample in one named contrast so the families see
+the same heads. Per sample and output it takes ``train.surface_offset``: the mean signed
+error of the predicted distances within ``train.OFFSET_BAND_MM`` of the true surface
+(negative: the surface lies outside the truth, a mask too big), and the predicted volume
+over the target's. On the training subjects (``--subjects training``) without corruption
+(``--clean``), an offset that depends on the contrast is an underfit of the network's own
+training distribution, the one ``TrainConfig.surface_offset_weight`` pays for.
+
+Writes bench/results/NAME.md and .csv (NAME: synthetic_offset unless ``--name``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from synthetic_leak import CLEAN, FIRST_SEED, HELD_OUT_SUBJECTS, SHARED
+
+from skullstrip import synth
+from skullstrip.infer import load_model
+from skullstrip.model import DISTANCE_SCALE_MM
+from skullstrip.train import OFFSET_BAND_MM, surface_offset
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", action="append", default=[],
+                        help="NAME=FILE of a network (.onnx or .pt, repeatable); default: the shipped weights")
+    parser.add_argument("--labels", default=str(SHARED / "data" / "labelmaps" / "brainweb"))
+    parser.add_argument("--families", default="t1,t2,flair,pd", help="named MRI contrasts, comma-separated")
+    parser.add_argument("--n", type=int, default=4, help="samples per family")
+    parser.add_argument("--subjects", choices=("held-out", "training"), default="training")
+    parser.add_argument("--clean", action="store_true", help="no thick slices, blur, noise, bias or gamma")
+    parser.add_argument("--name", default="synthetic_offset")
+    args = parser.parse_args()
+    models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
+    families = [name.strip() for name in args.families.split(",")]
+    unknown = set(families) - set(synth.MRI_FAMILY_MEANS)
+    if unknown:
+        parser.error(f"unknown families {sorted(unknown)}; choose from {list(synth.MRI_FAMILY_MEANS)}")
+
+    paths = synth.brainweb_paths(args.labels)
+    paths = paths[-HELD_OUT_SUBJECTS:] if args.subjects == "held-out" else paths[:HELD_OUT_SUBJECTS]
+    anatomies = synth.load_anatomies(paths)
+    rows = []
+    for family in families:
+        config = synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0,
+                                   p_deface=0, p_skull_stripped=0, p_mri_family=1.0, mri_family=family,
+                                   **(CLEAN if args.clean else {}))
+        generator = synth.SyntheticHeads(anatomies, config)
+        for index in range(args.n):
+            sample = generator.sample(FIRST_SEED + index, "mri")
+            target = torch.from_numpy(np.stack([sample.sdt_brain, sample.sdt_nocsf]))[None]
+            for name, path in models.items():
+                distances = load_model(path).predict(sample.image)  # (2, X, Y, Z) mm, positive outside
+                offset = surface_offset(torch.from_numpy(distances / DISTANCE_SCALE_MM)[None], target)[0]
+                volumes = [(distances[c] < 0).sum() / max((target[0, c] < 0).sum().item(), 1) for c in range(2)]
+                rows.append({"model": name, "family": family, "sample": index, "anatomy": sample.anatomy,
+                             "offset_mm": round(float(offset[0]) * DISTANCE_SCALE_MM, 2),
+                             "volume_ratio": round(float(volumes[0]), 3),
+                             "offset_nocsf_mm": round(float(offset[1]) * DISTANCE_SCALE_MM, 2),
+                             "volume_ratio_nocsf": round(float(volumes[1]), 3)})
+                print(rows[-1], flush=True)
+
+    RESULTS.mkdir(exist_ok=True)
+    with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Surface offsets of the raw network on synthetic heads, per MRI contrast", "",
+             f"Command: `python bench/synthetic_offset.py {' '.join(sys.argv[1:])}`", "",
+             f"{args.n} samples per family of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects"
+             + (", no corruptions" if args.clean else ", with the generator's corruptions")
+             + f". Offset: mean signed distance error within {OFFSET_BAND_MM:g} mm of the true surface, mm "
+             "(negative: surface outside, mask too big), mean over samples (and the range); volume: "
+             "predicted over target, before any post-processing.", "",
+             "| model | family | brain+CSF offset mm | range | volume | no-CSF offset mm | volume |",
+             "|---|---|---|---|---|---|---|"]
+    for name in models:
+        for family in families:
+            own = [row for row in rows if row["model"] == name and row["family"] == family]
+            offsets = np.array([row["offset_mm"] for row in own])
+            lines.append(f"| {name} | {family} | {offsets.mean():+.2f} | {offsets.min():+.1f} … {offsets.max():+.1f} "
+                         f"| {np.mean([row['volume_ratio'] for row in own]):.3f} "
+                         f"| {np.mean([row['offset_nocsf_mm'] for row in own]):+.2f} "
+                         f"| {np.mean([row['volume_ratio_nocsf'] for row in own]):.3f} |")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
