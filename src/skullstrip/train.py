@@ -103,7 +103,7 @@ class TrainConfig:
     # distances near the surface, i.e. for a whole surface too far out or in; 0 keeps the
     # loss of the runs before run41
     surface_offset_weight: float = 0.0
-    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 and run40 bfloat16
+    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 to run41 bfloat16
     precision: str = "float32"
 
     def __post_init__(self) -> None:
@@ -237,7 +237,9 @@ def surface_offset(prediction: torch.Tensor, sdt_mm: torch.Tensor) -> torch.Tens
     scans of one head (openms patient04) its T2w mask is 17 % larger than its FLAIR one.
     The absolute value of this mean is a per-sample size error, like the size penalties
     of constrained CNN losses (Kervadec et al., Medical Image Analysis 2019), measured
-    where the boundary is.
+    where the boundary is. Tried in run41 (weight 1): every real mask shrank and the
+    FLAIR/T2w split barely moved, because the largest offsets are leaks into brain-grey
+    bone rather than a moved surface (training/README.md, run41).
     """
     band = (sdt_mm.abs() < OFFSET_BAND_MM).float()
     error = prediction - sdt_mm.clamp(-LOSS_CLIP_MM, LOSS_CLIP_MM) / DISTANCE_SCALE_MM
