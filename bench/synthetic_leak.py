@@ -69,6 +69,17 @@ def leak_metrics(mask: np.ndarray, sdt_brain: np.ndarray, voxel_ml: float) -> di
             "below_ml": round(float(mask[:, :, :lowest].sum() * voxel_ml), 1)}
 
 
+def write_results(name: str, rows: list[dict], lines: list[str]) -> None:
+    """bench/results/NAME.csv from the per-sample rows and NAME.md from the report's lines (printed too)."""
+    RESULTS.mkdir(exist_ok=True)
+    with (RESULTS / f"{name}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", action="append", default=[],
@@ -113,11 +124,6 @@ def main() -> None:
                          **leak_metrics(result.mask > 0, sample.sdt_brain, voxel_ml)})
             print(rows[-1], flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     options = " ".join(sys.argv[1:])  # the command as given, so the file says how to remake it
     modalities = args.modality or f"modalities in turn ({', '.join(synth.MODALITIES)})"
     look = (f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
@@ -140,8 +146,7 @@ def main() -> None:
         lines.append(f"| {name} | {dice.mean():.3f} | {dice.min():.3f} | {volume.mean():.2f} | {near.mean():.2f} "
                      f"| {far.mean():.1f} | {far.max():.1f} "
                      f"| {below.mean():.1f} | {below.max():.1f} |")
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.name, rows, lines)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,16 @@ Writes bench/results/NAME.md and .csv (NAME: synthetic_offset unless ``--name``)
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from synthetic_leak import CLEAN, FIRST_SEED, HELD_OUT_SUBJECTS, SHARED
+from synthetic_leak import CLEAN, FIRST_SEED, HELD_OUT_SUBJECTS, SHARED, write_results
 
 from skullstrip import synth
 from skullstrip.infer import load_model
 from skullstrip.model import DISTANCE_SCALE_MM
 from skullstrip.train import OFFSET_BAND_MM, surface_offset
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -75,11 +71,6 @@ def main() -> None:
                              "volume_ratio_nocsf": round(float(volumes[1]), 3)})
                 print(rows[-1], flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     lines = ["# Surface offsets of the raw network on synthetic heads, per MRI contrast", "",
              f"Command: `python bench/synthetic_offset.py {' '.join(sys.argv[1:])}`", "",
              f"{args.n} samples per family of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects"
@@ -97,8 +88,7 @@ def main() -> None:
                          f"| {np.mean([row['volume_ratio'] for row in own]):.3f} "
                          f"| {np.mean([row['offset_nocsf_mm'] for row in own]):+.2f} "
                          f"| {np.mean([row['volume_ratio_nocsf'] for row in own]):.3f} |")
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.name, rows, lines)
 
 
 if __name__ == "__main__":
