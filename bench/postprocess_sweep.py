@@ -100,9 +100,9 @@ def main() -> None:
         own = [r for r in rows
                if (r["csf_fraction"], r["border_mm"], r["opening_mm"]) == (fraction, border, opening)]
         dice = np.array([r["dice"] for r in own])
-        mean_dice[(fraction, border, opening)] = float(dice.mean())
+        mean = mean_dice[(fraction, border, opening)] = float(dice.mean())
         per_modality = [np.mean([r["dice"] for r in own if r["modality"] == m]) for m in modalities]
-        lines.append(f"| {fraction:g} | {border:g} | {opening:g} | {dice.mean():.4f} | {dice.min():.4f} | "
+        lines.append(f"| {fraction:g} | {border:g} | {opening:g} | {mean:.4f} | {dice.min():.4f} | "
                      f"{np.mean([r['hd95_mm'] for r in own]):.2f} | "
                      + " | ".join(f"{value:.4f}" for value in per_modality) + " |")
     defaults = (StripOptions.csf_fraction, StripOptions.border_mm, StripOptions.opening_mm)

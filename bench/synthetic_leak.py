@@ -69,6 +69,15 @@ def leak_metrics(mask: np.ndarray, sdt_brain: np.ndarray, voxel_ml: float) -> di
             "below_ml": round(float(mask[:, :, :lowest].sum() * voxel_ml), 1)}
 
 
+def whole_heads_config(clean: bool, **changes: object) -> synth.SynthConfig:
+    """The generator at whole-head size, upright, with no crop shift, defacing, cut or stripping.
+
+    ``clean`` also turns off every corruption (``CLEAN``); ``changes`` set other fields.
+    """
+    return synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0, p_deface=0,
+                             p_skull_stripped=0, **(CLEAN if clean else {}), **changes)
+
+
 def write_results(name: str, rows: list[dict], lines: list[str]) -> None:
     """bench/results/NAME.csv from the per-sample rows and NAME.md from the report's lines (printed too)."""
     RESULTS.mkdir(exist_ok=True)
@@ -107,10 +116,8 @@ def main() -> None:
     paths = synth.brainweb_paths(args.labels)
     paths = paths[-HELD_OUT_SUBJECTS:] if args.subjects == "held-out" else paths[:HELD_OUT_SUBJECTS]
     anatomies = synth.load_anatomies(paths, neck_junction_mm=junction)
-    config = synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0,
-                               p_deface=0, p_skull_stripped=0, p_mri_family=1.0 if args.mri_family else 0.8,
-                               mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1,
-                               **(CLEAN if args.clean else {}))
+    config = whole_heads_config(args.clean, p_mri_family=1.0 if args.mri_family else 0.8,
+                                mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1)
     generator = synth.SyntheticHeads(anatomies, config)
     voxel_ml = config.voxel_mm**3 / 1000
     rows = []

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 import torch
-from synthetic_leak import CLEAN, FIRST_SEED, HELD_OUT_SUBJECTS, SHARED, write_results
+from synthetic_leak import FIRST_SEED, HELD_OUT_SUBJECTS, SHARED, whole_heads_config, write_results
 
 from skullstrip import synth
 from skullstrip.infer import load_model
@@ -53,9 +53,7 @@ def main() -> None:
     anatomies = synth.load_anatomies(paths)
     rows = []
     for family in families:
-        config = synth.config_with(shape=(104, 112, 112), max_shift_mm=0, p_axis_permutation=0, p_fov_cut=0,
-                                   p_deface=0, p_skull_stripped=0, p_mri_family=1.0, mri_family=family,
-                                   **(CLEAN if args.clean else {}))
+        config = whole_heads_config(args.clean, p_mri_family=1.0, mri_family=family)
         generator = synth.SyntheticHeads(anatomies, config)
         for index in range(args.n):
             sample = generator.sample(FIRST_SEED + index, "mri")

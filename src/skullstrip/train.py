@@ -241,8 +241,8 @@ def surface_offset(prediction: torch.Tensor, sdt_mm: torch.Tensor) -> torch.Tens
     FLAIR/T2w split barely moved, because the largest offsets are leaks into brain-grey
     bone rather than a moved surface (training/README.md, run41).
     """
-    band = (sdt_mm.abs() < OFFSET_BAND_MM).float()
-    error = prediction - sdt_mm.clamp(-LOSS_CLIP_MM, LOSS_CLIP_MM) / DISTANCE_SCALE_MM
+    band = (sdt_mm.abs() < OFFSET_BAND_MM).float()  # inside the band no distance reaches the loss's clip
+    error = prediction - sdt_mm / DISTANCE_SCALE_MM
     return (band * error).sum(dim=(2, 3, 4)) / band.sum(dim=(2, 3, 4)).clamp(min=1.0)
 
 
