@@ -1,7 +1,8 @@
 """How far out or in networks place the whole surface of synthetic heads, per MRI contrast.
 
 Usage: python bench/synthetic_offset.py [--model NAME=FILE ...] [--families t1,t2,flair,pd]
-       [--n 4] [--subjects WHICH] [--clean] [--name NAME]
+       [--n 4] [--subjects WHICH] [--clean] [--marrow 0.05,0.5,0.8] [--thick-skull 4,6]
+       [--name NAME]
 
 The raw network, without any post-processing, on whole synthetic heads of the training
 generator (upright, no crop shift, defacing, field-of-view cut or stripping; the heads of
@@ -12,6 +13,11 @@ error of the predicted distances within ``train.OFFSET_BAND_MM`` of the true sur
 over the target's. On the training subjects (``--subjects training``) without corruption
 (``--clean``), an offset that depends on the contrast is an underfit of the network's own
 training distribution, the one ``TrainConfig.surface_offset_weight`` pays for.
+
+``--marrow`` repeats every family with the skull's marrow at each given intensity
+(``synth.MarrowContrast``; the same heads, only the marrow changes), and ``--thick-skull
+LOW,HIGH`` grows every skull by LOW to HIGH mm (``synth.SkullThickening``), to see how the
+surface depends on the bone's look.
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_offset unless ``--name``).
 """
@@ -40,6 +46,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="samples per family")
     parser.add_argument("--subjects", choices=("held-out", "training"), default="training")
     parser.add_argument("--clean", action="store_true", help="no thick slices, blur, noise, bias or gamma")
+    parser.add_argument("--marrow", help="marrow intensities to set, comma-separated (default: the family's own)")
+    parser.add_argument("--thick-skull", help="LOW,HIGH: grow every skull by LOW to HIGH mm")
     parser.add_argument("--name", default="synthetic_offset")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
@@ -51,9 +59,17 @@ def main() -> None:
     paths = synth.brainweb_paths(args.labels)
     paths = paths[-HELD_OUT_SUBJECTS:] if args.subjects == "held-out" else paths[:HELD_OUT_SUBJECTS]
     anatomies = synth.load_anatomies(paths)
+    bone: dict[str, object] = {}
+    if args.thick_skull:
+        low, high = (int(value) for value in args.thick_skull.split(","))
+        bone.update(p_skull_thickening=1.0, skull_thickening_mm=(low, high))
+    marrows: list[float | None] = [float(value) for value in args.marrow.split(",")] if args.marrow else [None]
+    cases = [(family, marrow) for family in families for marrow in marrows]
     rows = []
-    for family in families:
-        config = whole_heads_config(args.clean, p_mri_family=1.0, mri_family=family)
+    for family, marrow in cases:
+        if marrow is not None:
+            bone.update(p_marrow_contrast=1.0, marrow_contrast_range=(marrow, marrow))
+        config = whole_heads_config(args.clean, p_mri_family=1.0, mri_family=family, **bone)
         generator = synth.SyntheticHeads(anatomies, config)
         for index in range(args.n):
             sample = generator.sample(FIRST_SEED + index, "mri")
@@ -62,7 +78,8 @@ def main() -> None:
                 distances = load_model(path).predict(sample.image)  # (2, X, Y, Z) mm, positive outside
                 offset = surface_offset(torch.from_numpy(distances / DISTANCE_SCALE_MM)[None], target)[0]
                 volumes = [(distances[c] < 0).sum() / max((target[0, c] < 0).sum().item(), 1) for c in range(2)]
-                rows.append({"model": name, "family": family, "sample": index, "anatomy": sample.anatomy,
+                rows.append({"model": name, "family": family, "marrow": "own" if marrow is None else marrow,
+                             "sample": index, "anatomy": sample.anatomy,
                              "offset_mm": round(float(offset[0]) * DISTANCE_SCALE_MM, 2),
                              "volume_ratio": round(float(volumes[0]), 3),
                              "offset_nocsf_mm": round(float(offset[1]) * DISTANCE_SCALE_MM, 2),
@@ -73,16 +90,19 @@ def main() -> None:
              f"Command: `python bench/synthetic_offset.py {' '.join(sys.argv[1:])}`", "",
              f"{args.n} samples per family of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects"
              + (", no corruptions" if args.clean else ", with the generator's corruptions")
+             + (f", skulls grown by {args.thick_skull.replace(',', '-')} mm" if args.thick_skull else "")
              + f". Offset: mean signed distance error within {OFFSET_BAND_MM:g} mm of the true surface, mm "
              "(negative: surface outside, mask too big), mean over samples (and the range); volume: "
              "predicted over target, before any post-processing.", "",
-             "| model | family | brain+CSF offset mm | range | volume | no-CSF offset mm | volume |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | family | marrow | brain+CSF offset mm | range | volume | no-CSF offset mm | volume |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in models:
-        for family in families:
-            own = [row for row in rows if row["model"] == name and row["family"] == family]
+        for family, marrow in cases:
+            shown = "own" if marrow is None else marrow
+            own = [row for row in rows if row["model"] == name and row["family"] == family and row["marrow"] == shown]
             offsets = np.array([row["offset_mm"] for row in own])
-            lines.append(f"| {name} | {family} | {offsets.mean():+.2f} | {offsets.min():+.1f} … {offsets.max():+.1f} "
+            lines.append(f"| {name} | {family} | {shown} | {offsets.mean():+.2f} "
+                         f"| {offsets.min():+.1f} … {offsets.max():+.1f} "
                          f"| {np.mean([row['volume_ratio'] for row in own]):.3f} "
                          f"| {np.mean([row['offset_nocsf_mm'] for row in own]):+.2f} "
                          f"| {np.mean([row['volume_ratio_nocsf'] for row in own]):.3f} |")

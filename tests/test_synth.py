@@ -494,3 +494,42 @@ def test_rim_widening_off_draws_nothing_and_changes_only_the_cortex(procedural_a
     assert (widened.sdt_nocsf >= plain.sdt_nocsf).all()
     assert (widened.sdt_nocsf < 0).sum() < (plain.sdt_nocsf < 0).sum()
     assert not np.array_equal(plain.image, widened.image)
+
+
+def test_marrow_contrast_sets_the_marrow_and_nothing_else():
+    contrast = synth.sample_tissue_contrast(np.random.default_rng(2), "mri", p_mri_family=1.0, mri_family="t2")
+    changed = synth.MarrowContrast(intensity=0.9)(contrast)
+    assert changed.means[synth.MARROW] == 0.9
+    others = np.arange(synth.N_LABELS) != synth.MARROW
+    np.testing.assert_array_equal(changed.means[others], contrast.means[others])
+    np.testing.assert_array_equal(changed.stds, contrast.stds)
+    assert changed.name == contrast.name and contrast.means[synth.MARROW] != 0.9  # the input is left as it was
+
+
+def test_sample_marrow_contrast_is_mri_only_in_range_and_off_by_default():
+    mri = synth.sample_tissue_contrast(np.random.default_rng(0), "mri")
+    ct = synth.sample_tissue_contrast(np.random.default_rng(0), "ct")
+    assert synth.sample_marrow_contrast(1, synth.SynthConfig(), mri) is None
+    config = synth.config_with(p_marrow_contrast=1.0, marrow_contrast_range=(0.2, 0.3))
+    assert synth.sample_marrow_contrast(1, config, ct) is None
+    drawn = [synth.sample_marrow_contrast(seed, config, mri).intensity for seed in range(30)]
+    assert min(drawn) >= 0.2 and max(drawn) <= 0.3 and len(set(drawn)) == 30
+    assert drawn[4] == synth.sample_marrow_contrast(4, config, mri).intensity  # one seed, one draw
+    half = synth.config_with(p_marrow_contrast=0.5)
+    share = np.mean([synth.sample_marrow_contrast(seed, half, mri) is not None for seed in range(400)])
+    assert 0.4 < share < 0.6
+
+
+def test_marrow_contrast_changes_the_image_of_the_same_head_only(procedural_anatomy):
+    """Own stream: dark and bright marrow give the same head, grid and targets; the image
+    is brighter with bright marrow and the same elsewhere on average."""
+    samples = []
+    for value in (0.0, 1.0):
+        config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_mri_family=1.0, mri_family="t2",
+                                   p_marrow_contrast=1.0, marrow_contrast_range=(value, value))
+        samples.append(synth.SyntheticHeads([procedural_anatomy], config).sample(9, "mri"))
+    dark, bright = samples
+    np.testing.assert_array_equal(dark.sdt_brain, bright.sdt_brain)
+    np.testing.assert_array_equal(dark.sdt_nocsf, bright.sdt_nocsf)
+    assert dark.contrast == bright.contrast == "t2"
+    assert bright.image.mean() > dark.image.mean()

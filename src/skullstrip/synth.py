@@ -60,11 +60,12 @@ N_REGIONS = 16
 REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
 # second entropy words of the draws that have random streams of their own, one each so
-# they never share numbers: contrast_twin's contrast, sample_skull_base_warp and
-# sample_rim_widening
+# they never share numbers: contrast_twin's contrast, sample_skull_base_warp,
+# sample_rim_widening and sample_marrow_contrast
 TWIN_CONTRAST_STREAM = 1
 SKULL_BASE_WARP_STREAM = 2
 RIM_WIDENING_STREAM = 3
+MARROW_CONTRAST_STREAM = 4
 # deepest brain tissue (mm below the brain+CSF surface) that RimWidening may turn into
 # CSF: the Anatomy keeps only these voxels in its rim index
 MAX_RIM_MM = 6.0
@@ -125,6 +126,10 @@ class SynthConfig:
     # older and atrophic brains; off by default so that earlier recipes replay bit for bit
     p_rim_widening: float = 0.0
     rim_widening_mm: tuple[float, float] = (2.0, 5.0)
+    # MRI marrow at any intensity in this range, whatever the contrast (MarrowContrast);
+    # off by default so that earlier recipes replay bit for bit
+    p_marrow_contrast: float = 0.0
+    marrow_contrast_range: tuple[float, float] = (0.0, 1.0)
     max_bias_log: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.08)
     p_ghosting: float = 0.15
@@ -864,6 +869,44 @@ def sample_low_contrast_t1(rng: np.random.Generator, contrast: TissueContrast,
     return dataclasses.replace(contrast, means=means, name="low_contrast_t1")
 
 
+@dataclass(frozen=True)
+class MarrowContrast:
+    """The skull's marrow (diploe) at ``intensity``, whatever the contrast's own value.
+
+    The named MRI contrasts put marrow at one value each (T2 and FLAIR 0.5, as grey as
+    the brain), but in real heads the diploe runs from dark (thin, sclerotic, or red
+    marrow, partial volume with the tables) to as bright as fat (fatty marrow, T1w and
+    fast spin-echo T2w). On clean synthetic T2 heads of its own training subjects, run40
+    places the brain+CSF surface 0.1 mm in with dark marrow and thick skulls but 4.0 mm
+    out with bright marrow (on FLAIR +1.5 and -0.9 mm): it reads bright bone next to a
+    bright-CSF contrast as CSF, and a thick dark band next to a dark-CSF one as bone
+    beginning early, which is the split of its real T2w and FLAIR masks of the same heads
+    (training/README.md, run42). The targets do not change.
+    """
+
+    intensity: float
+
+    def __call__(self, contrast: TissueContrast) -> TissueContrast:
+        means = contrast.means.copy()
+        means[MARROW] = self.intensity
+        return dataclasses.replace(contrast, means=means)
+
+
+def sample_marrow_contrast(seed: int, config: SynthConfig, contrast: TissueContrast) -> MarrowContrast | None:
+    """With ``p_marrow_contrast`` (MRI only), marrow drawn from ``marrow_contrast_range``.
+
+    Its own generator, seeded by the sample's seed, leaves every other draw of the sample
+    unchanged: one seed gives the same head with its marrow at different intensities, and
+    with the probability at 0 earlier recipes replay exactly.
+    """
+    if contrast.modality != "mri" or config.p_marrow_contrast <= 0:
+        return None
+    rng = np.random.default_rng([seed, MARROW_CONTRAST_STREAM])
+    if rng.random() >= config.p_marrow_contrast:
+        return None
+    return MarrowContrast(intensity=float(rng.uniform(*config.marrow_contrast_range)))
+
+
 def sample_brainlike_bone(rng: np.random.Generator, contrast: TissueContrast,
                           config: SynthConfig) -> TissueContrast:
     """With ``p_brainlike_bone`` (MRI only), skull and marrow take the brain's intensity.
@@ -1329,6 +1372,9 @@ class SyntheticHeads:
             coords = warp(coords)
         contrast = sample_tissue_contrast(rng, modality, config.p_mri_family, config.mri_family)
         contrast = sample_low_contrast_t1(rng, contrast, config)
+        marrow = sample_marrow_contrast(seed, config, contrast)
+        if marrow is not None:
+            contrast = marrow(contrast)
         contrast = sample_brainlike_bone(rng, contrast, config)
         regional = sample_regional_contrast(rng, contrast, config)
         thickening = sample_skull_thickening(rng, config)
