@@ -880,8 +880,9 @@ class MarrowContrast:
     places the brain+CSF surface 0.1 mm in with dark marrow and thick skulls but 4.0 mm
     out with bright marrow (on FLAIR +1.5 and -0.9 mm): it reads bright bone next to a
     bright-CSF contrast as CSF, and a thick dark band next to a dark-CSF one as bone
-    beginning early, which is the split of its real T2w and FLAIR masks of the same heads
-    (training/README.md, run42). The targets do not change.
+    beginning early. The targets do not change. run42 trained with it for 2000 steps:
+    the spread barely narrowed (T2 4.2 to 3.8 mm), and neither did the split of the real
+    T2w and FLAIR masks of the same heads (training/README.md, run42).
     """
 
     intensity: float
