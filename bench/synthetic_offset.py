@@ -67,9 +67,8 @@ def main() -> None:
     cases = [(family, marrow) for family in families for marrow in marrows]
     rows = []
     for family, marrow in cases:
-        if marrow is not None:
-            bone.update(p_marrow_contrast=1.0, marrow_contrast_range=(marrow, marrow))
-        config = whole_heads_config(args.clean, p_mri_family=1.0, mri_family=family, **bone)
+        set_marrow = {} if marrow is None else {"p_marrow_contrast": 1.0, "marrow_contrast_range": (marrow, marrow)}
+        config = whole_heads_config(args.clean, p_mri_family=1.0, mri_family=family, **bone, **set_marrow)
         generator = synth.SyntheticHeads(anatomies, config)
         for index in range(args.n):
             sample = generator.sample(FIRST_SEED + index, "mri")

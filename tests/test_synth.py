@@ -521,8 +521,8 @@ def test_sample_marrow_contrast_is_mri_only_in_range_and_off_by_default():
 
 
 def test_marrow_contrast_changes_the_image_of_the_same_head_only(procedural_anatomy):
-    """Own stream: dark and bright marrow give the same head, grid and targets; the image
-    is brighter with bright marrow and the same elsewhere on average."""
+    """Own stream: dark and bright marrow give the same head, grid, contrast name and
+    targets; only the image differs, brighter with bright marrow."""
     samples = []
     for value in (0.0, 1.0):
         config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_mri_family=1.0, mri_family="t2",

@@ -103,7 +103,7 @@ class TrainConfig:
     # distances near the surface, i.e. for a whole surface too far out or in; 0 keeps the
     # loss of the runs before run41
     surface_offset_weight: float = 0.0
-    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 to run41 bfloat16
+    # "float32", or "bfloat16" for autocast (PRECISIONS); every run up to run38 is float32, run39 onwards bfloat16
     precision: str = "float32"
 
     def __post_init__(self) -> None:
