@@ -13,6 +13,10 @@ which costs minutes on a CPU. Here the same idea runs where it is cheap:
   2 mm convolutions that place the boundary;
 - optionally (``refine_dilations``) residual dilated 2 mm blocks after them, which give
   the boundary decision a wider 2 mm context (e.g. dilations 1-2-4 see +/-14 voxels);
+- optionally (``global_context``) one summary of the whole scan's core features, pooled
+  with learnt attention, that scales and shifts the core's and the fine layers'
+  channels (FiLM), so that every voxel's boundary decision can depend on the scan's
+  contrast (is the CSF bright or dark?) and not only on what its receptive field holds;
 - two outputs: signed distance (in units of ``DISTANCE_SCALE_MM``, positive outside)
   to the brain+CSF surface and to the brain without extracerebral CSF.
 
@@ -52,6 +56,9 @@ class ModelConfig:
     # residual 2 mm blocks after the fine layers; each is scaled by a zero-initialised
     # scalar, so adding them to a trained network leaves its output unchanged at first
     refine_dilations: tuple[int, ...] = ()
+    # a scan-wide summary that modulates the core and fine channels (GlobalContext);
+    # zero-initialised, so adding it to a trained network leaves its output unchanged
+    global_context: bool = False
     outputs: int = 2
     norm: str = "none"  # "none" or "instance"
     # how the input image is scaled (conform.normalize_intensity's method): part of the
@@ -82,6 +89,42 @@ class ReZeroBlock(nn.Module):
         self.scale = nn.Parameter(torch.zeros(()))
 
 
+class GlobalContext(nn.Module):
+    """A summary of the whole scan that scales and shifts feature maps (FiLM).
+
+    The core's features are averaged over the scan with weights from a learnt attention
+    map (a 1x1x1 convolution, softmax over all voxels; attention pooling as in Ilse et
+    al., ICML 2018), and each modulated stage gets per-channel ``scale`` and ``shift``
+    from a linear map of that summary (FiLM, Perez et al., AAAI 2018): ``h * (1 + scale)
+    + shift``. Why: the shipped network's surface depends on the bone around the brain in
+    a way that should depend on the contrast, e.g. a dark band between the brain and a
+    bright ring is CSF in a T1w or FLAIR but bone in a T2w. A dilated stack of 16 channels
+    has the receptive field to see the ventricles but little room to carry "CSF is
+    bright" to every voxel; a summary is that message at a cost of a few hundred weights.
+    Attention, not a plain mean, so that the summary can describe the brain whatever else
+    the field of view holds (training crops, whole heads with necks, the focus pass).
+
+    Every weight starts at zero: uniform attention, no modulation, so a trained network
+    grown with it computes exactly what it did.
+    """
+
+    def __init__(self, channels: int, modulated: tuple[int, ...]) -> None:
+        super().__init__()
+        self.attention = nn.Conv3d(channels, 1, 1)
+        self.film = nn.ModuleList(nn.Linear(channels, 2 * n) for n in modulated)
+        for parameter in self.parameters():
+            nn.init.zeros_(parameter)
+
+    def summary(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C) attention-weighted mean of (B, C, X, Y, Z) features, computed in float32."""
+        weights = torch.softmax(self.attention(features).float().flatten(2), dim=-1)
+        return (features.float().flatten(2) * weights).sum(dim=-1)
+
+    def modulate(self, features: torch.Tensor, summary: torch.Tensor, stage: int) -> torch.Tensor:
+        scale, shift = self.film[stage](summary).to(features.dtype)[..., None, None, None].chunk(2, dim=1)
+        return features * (1 + scale) + shift
+
+
 class StripNet(nn.Module):
     """Two-level dilated MeshNet; input (B, 1, X, Y, Z) with X, Y, Z even."""
 
@@ -100,6 +143,8 @@ class StripNet(nn.Module):
         )
         self.refine = nn.ModuleList(ReZeroBlock(c.fine_channels, d) for d in c.refine_dilations)
         self.head = nn.Conv3d(c.fine_channels, c.outputs, 1)
+        # modulates the core's output (stage 0) and the fine layers' output (stage 1)
+        self.context = GlobalContext(c.core_channels, (c.core_channels, c.fine_channels)) if c.global_context else None
         if c.norm not in ("none", "instance"):
             raise ValueError(f"norm must be 'none' or 'instance', not {c.norm!r}")
         if c.input_normalisation not in INTENSITY_NORMALISATIONS:
@@ -116,10 +161,15 @@ class StripNet(nn.Module):
         h = self._act(self.down(stem))
         for scale, layer in zip(self.residual_scale, self.core):
             h = h + scale * self._act(layer(h))
+        if self.context is not None:
+            summary = self.context.summary(h)
+            h = self.context.modulate(h, summary, 0)
         h = F.interpolate(h, size=stem.shape[2:], mode="trilinear", align_corners=False)
         h = torch.cat([h, stem], dim=1)
         for layer in self.fine:
             h = self._act(layer(h))
+        if self.context is not None:
+            h = self.context.modulate(h, summary, 1)
         for block in self.refine:
             h = h + block.scale * self._act(block.conv(h))
         return self.head(h)
@@ -154,4 +204,7 @@ def flops_per_voxel(config: ModelConfig) -> float:
                 + (c.fine_layers - 1 + len(c.refine_dilations)) * c.fine_channels**2)
     fine += c.fine_channels * c.outputs
     coarse = k * (c.stem_channels * c.core_channels + len(c.dilations) * c.core_channels**2) / 8
+    if c.global_context:  # attention, pooling and the core's modulation per 4 mm voxel, the fine's per 2 mm voxel
+        coarse += 4 * c.core_channels / 8
+        fine += 2 * c.fine_channels
     return 2.0 * (fine + coarse)
