@@ -89,6 +89,56 @@ def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_pat
     torch.testing.assert_close(state["model"]["head.weight"], base.state_dict()["head.weight"])
 
 
+def test_global_context_starts_as_identity_within_the_budget(tmp_path, label_dir):
+    small = dict(core_channels=4, stem_channels=2, fine_channels=3)
+    base_config = tiny_config(2)
+    base_config.model = ModelConfig(**small).to_dict()
+    checkpoint = train(label_dir, tmp_path / "base", base_config, progress=False)
+    base = StripNet(ModelConfig(**small))
+    base.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+
+    grown = StripNet(ModelConfig(**small, global_context=True))
+    new_layers = initialise_from(grown, checkpoint)
+    assert sorted(new_layers) == sorted(f"context.{name}" for name in (
+        "attention.weight", "attention.bias", "film.0.weight", "film.0.bias", "film.1.weight", "film.1.bias"))
+    # attention 4 + 1, FiLM of the core 4 -> 2 x 4 and of the fine layers 4 -> 2 x 3
+    assert count_parameters(grown) - count_parameters(base) == 5 + (4 * 8 + 8) + (4 * 6 + 6)
+    image = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image), base(image))
+    shipped_layout = dict(core_channels=16, dilations=(1, 2, 4, 8, 16, 8, 4, 2, 1, 2, 4, 8, 16, 8, 4, 2, 1),
+                          refine_dilations=(1, 2, 4))  # run38-run42
+    assert count_parameters(StripNet(ModelConfig(**shipped_layout, global_context=True))) <= 150_000
+
+
+def test_global_context_carries_information_beyond_the_receptive_field():
+    """A voxel's output changes with the input far outside its receptive field only through the summary."""
+    small = dict(core_channels=4, stem_channels=2, fine_channels=3, dilations=(1,))
+    torch.manual_seed(0)
+    local = StripNet(ModelConfig(**small)).eval()
+    torch.manual_seed(0)
+    context = StripNet(ModelConfig(**small, global_context=True)).eval()
+    with torch.no_grad():
+        for parameter in context.context.parameters():
+            parameter.normal_(0, 0.5)
+    image = torch.rand(1, 1, 32, 32, 32)
+    changed = image.clone()
+    changed[..., 24:, 24:, 24:] += 1.0  # far corner; one dilation-1 core layer sees ~20 mm around a voxel
+    with torch.no_grad():
+        assert torch.equal(local(image)[..., :4, :4, :4], local(changed)[..., :4, :4, :4])
+        assert not torch.allclose(context(image)[..., :4, :4, :4], context(changed)[..., :4, :4, :4])
+
+
+def test_global_context_network_exports_to_onnx(tmp_path, label_dir):
+    config = replace(tiny_config(2), model=ModelConfig(core_channels=4, stem_channels=2, fine_channels=3,
+                                                       global_context=True).to_dict(), learning_rate=1e-2)
+    checkpoint = train(label_dir, tmp_path / "run", config, progress=False)
+    assert float(torch.load(checkpoint, weights_only=False)["model"]["context.film.1.weight"].abs().max()) > 0
+    image = np.random.default_rng(3).random((24, 20, 28)).astype(np.float32)
+    np.testing.assert_allclose(load_model(export_weights(checkpoint, tmp_path / "context.onnx")).predict(image),
+                               load_model(checkpoint).predict(image), atol=1e-3)
+
+
 def test_network_output_shape_for_odd_grids():
     network = StripNet(ModelConfig(core_channels=4, stem_channels=2, fine_channels=2))
     assert network(torch.zeros(1, 1, 20, 24, 28)).shape == (1, 2, 20, 24, 28)
