@@ -116,9 +116,17 @@ class GlobalContext(nn.Module):
             nn.init.zeros_(parameter)
 
     def summary(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C) attention-weighted mean of (B, C, X, Y, Z) features, computed in float32."""
+        """(B, C) attention-weighted mean of (B, C, X, Y, Z) features, scaled to unit RMS, in float32.
+
+        Why the scaling: the mean over a whole scan is diluted by the background (entries
+        of 0.01-0.2 for run40's core), so FiLM weights that Adam moves by about the
+        learning rate a step would take thousands of steps to modulate anything (run43).
+        At unit scale the modulation can grow as fast as any other weight, and the summary
+        keeps its direction, which is what describes the contrast.
+        """
         weights = torch.softmax(self.attention(features).float().flatten(2), dim=-1)
-        return (features.float().flatten(2) * weights).sum(dim=-1)
+        pooled = (features.float().flatten(2) * weights).sum(dim=-1)
+        return pooled * torch.rsqrt(pooled.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
 
     def modulate(self, features: torch.Tensor, summary: torch.Tensor, stage: int) -> torch.Tensor:
         scale, shift = self.film[stage](summary).to(features.dtype)[..., None, None, None].chunk(2, dim=1)
