@@ -45,6 +45,19 @@ def tiny_config(steps: int) -> TrainConfig:
                        synth={"shape": [32, 32, 32], "voxel_mm": 4.0})
 
 
+SMALL = dict(core_channels=4, stem_channels=2, fine_channels=3)
+
+
+def trained_small_network(tmp_path, label_dir) -> tuple:
+    """A 2-step run of the SMALL layout: its checkpoint and the network with its raw weights."""
+    config = tiny_config(2)
+    config.model = ModelConfig(**SMALL).to_dict()
+    checkpoint = train(label_dir, tmp_path / "base", config, progress=False)
+    network = StripNet(ModelConfig(**SMALL))
+    network.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    return checkpoint, network
+
+
 def test_parameter_budget():
     assert count_parameters(StripNet()) <= 150_000
 
@@ -57,12 +70,8 @@ def test_fine_layers_setting_adds_2mm_convolutions():
 
 
 def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_path, label_dir):
-    small = dict(core_channels=4, stem_channels=2, fine_channels=3)
-    base_config = tiny_config(2)
-    base_config.model = ModelConfig(**small).to_dict()
-    checkpoint = train(label_dir, tmp_path / "base", base_config, progress=False)
-    base = StripNet(ModelConfig(**small))
-    base.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    small = dict(SMALL)
+    checkpoint, base = trained_small_network(tmp_path, label_dir)
 
     grown = StripNet(ModelConfig(**small, refine_dilations=(1, 2)))
     new_layers = initialise_from(grown, checkpoint)
@@ -90,12 +99,8 @@ def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_pat
 
 
 def test_global_context_starts_as_identity_within_the_budget(tmp_path, label_dir):
-    small = dict(core_channels=4, stem_channels=2, fine_channels=3)
-    base_config = tiny_config(2)
-    base_config.model = ModelConfig(**small).to_dict()
-    checkpoint = train(label_dir, tmp_path / "base", base_config, progress=False)
-    base = StripNet(ModelConfig(**small))
-    base.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    small = dict(SMALL)
+    checkpoint, base = trained_small_network(tmp_path, label_dir)
 
     grown = StripNet(ModelConfig(**small, global_context=True))
     new_layers = initialise_from(grown, checkpoint)
