@@ -105,7 +105,9 @@ class GlobalContext(nn.Module):
     the field of view holds (training crops, whole heads with necks, the focus pass).
 
     Every weight starts at zero: uniform attention, no modulation, so a trained network
-    grown with it computes exactly what it did.
+    grown with it computes exactly what it did. Tried in run44 (run40 grown with it,
+    2000 steps): not shipped; its FiLM weights stayed near zero and the surface's
+    dependence on the marrow did not change (training/README.md).
     """
 
     def __init__(self, channels: int, modulated: tuple[int, ...]) -> None:
@@ -212,7 +214,7 @@ def flops_per_voxel(config: ModelConfig) -> float:
                 + (c.fine_layers - 1 + len(c.refine_dilations)) * c.fine_channels**2)
     fine += c.fine_channels * c.outputs
     coarse = k * (c.stem_channels * c.core_channels + len(c.dilations) * c.core_channels**2) / 8
-    if c.global_context:  # attention, pooling and the core's modulation per 4 mm voxel, the fine's per 2 mm voxel
-        coarse += 4 * c.core_channels / 8
-        fine += 2 * c.fine_channels
+    if c.global_context:  # one multiply-add a channel for attention, pooling and modulation at 4 mm, modulation at 2 mm
+        coarse += 3 * c.core_channels / 8
+        fine += c.fine_channels
     return 2.0 * (fine + coarse)
