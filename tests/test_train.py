@@ -70,10 +70,9 @@ def test_fine_layers_setting_adds_2mm_convolutions():
 
 
 def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_path, label_dir):
-    small = dict(SMALL)
     checkpoint, base = trained_small_network(tmp_path, label_dir)
 
-    grown = StripNet(ModelConfig(**small, refine_dilations=(1, 2)))
+    grown = StripNet(ModelConfig(**SMALL, refine_dilations=(1, 2)))
     new_layers = initialise_from(grown, checkpoint)
     expected = [f"refine.{i}.{name}" for i in (0, 1) for name in ("conv.weight", "conv.bias", "scale")]
     assert sorted(new_layers) == sorted(expected)
@@ -84,10 +83,10 @@ def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_pat
 
     # the other way round is an error: the smaller model lacks the refine layers
     grown_run = tiny_config(2)
-    grown_run.model = ModelConfig(**small, refine_dilations=(1, 2)).to_dict()
+    grown_run.model = ModelConfig(**SMALL, refine_dilations=(1, 2)).to_dict()
     grown_checkpoint = train(label_dir, tmp_path / "grown", grown_run, progress=False)
     with pytest.raises(ValueError, match="lacks"):
-        initialise_from(StripNet(ModelConfig(**small)), grown_checkpoint)
+        initialise_from(StripNet(ModelConfig(**SMALL)), grown_checkpoint)
 
     # a run started with init_from begins at step 0 from the checkpoint's weights
     warm = tiny_config(1)
@@ -99,10 +98,9 @@ def test_refine_blocks_start_as_identity_and_warm_start_keeps_the_output(tmp_pat
 
 
 def test_global_context_starts_as_identity_within_the_budget(tmp_path, label_dir):
-    small = dict(SMALL)
     checkpoint, base = trained_small_network(tmp_path, label_dir)
 
-    grown = StripNet(ModelConfig(**small, global_context=True))
+    grown = StripNet(ModelConfig(**SMALL, global_context=True))
     new_layers = initialise_from(grown, checkpoint)
     assert sorted(new_layers) == sorted(f"context.{name}" for name in (
         "attention.weight", "attention.bias", "film.0.weight", "film.0.bias", "film.1.weight", "film.1.bias"))
@@ -112,17 +110,16 @@ def test_global_context_starts_as_identity_within_the_budget(tmp_path, label_dir
     with torch.no_grad():
         torch.testing.assert_close(grown(image), base(image))
     shipped_layout = dict(core_channels=16, dilations=(1, 2, 4, 8, 16, 8, 4, 2, 1, 2, 4, 8, 16, 8, 4, 2, 1),
-                          refine_dilations=(1, 2, 4))  # run38-run42
+                          refine_dilations=(1, 2, 4))  # shipped since run38
     assert count_parameters(StripNet(ModelConfig(**shipped_layout, global_context=True))) <= 150_000
 
 
 def test_global_context_carries_information_beyond_the_receptive_field():
     """A voxel's output changes with the input far outside its receptive field only through the summary."""
-    small = dict(core_channels=4, stem_channels=2, fine_channels=3, dilations=(1,))
     torch.manual_seed(0)
-    local = StripNet(ModelConfig(**small)).eval()
+    local = StripNet(ModelConfig(**SMALL, dilations=(1,))).eval()
     torch.manual_seed(0)
-    context = StripNet(ModelConfig(**small, global_context=True)).eval()
+    context = StripNet(ModelConfig(**SMALL, dilations=(1,), global_context=True)).eval()
     with torch.no_grad():
         for parameter in context.context.parameters():
             parameter.normal_(0, 0.5)
@@ -135,8 +132,7 @@ def test_global_context_carries_information_beyond_the_receptive_field():
 
 
 def test_global_context_network_exports_to_onnx(tmp_path, label_dir):
-    config = replace(tiny_config(2), model=ModelConfig(core_channels=4, stem_channels=2, fine_channels=3,
-                                                       global_context=True).to_dict(), learning_rate=1e-2)
+    config = replace(tiny_config(2), model=ModelConfig(**SMALL, global_context=True).to_dict(), learning_rate=1e-2)
     checkpoint = train(label_dir, tmp_path / "run", config, progress=False)
     assert float(torch.load(checkpoint, weights_only=False)["model"]["context.film.1.weight"].abs().max()) > 0
     image = np.random.default_rng(3).random((24, 20, 28)).astype(np.float32)
