@@ -1,6 +1,6 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
-Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--mirror-average]
+Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--no-mirror-average]
        [--no-csf | --csf-fraction F[,F...]] [--focus MM] [--manifest CSV] [--tie DICE] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
@@ -9,8 +9,9 @@ the native grid (the network is deterministic, so settings differ only in the cl
 it runs once per setting to measure exactly what users get). Writes
 bench/results/NAME.md (mean, min and per modality per setting) and .csv; NAME is
 postprocess_sweep unless ``--name`` gives another (e.g. for weights that are not shipped).
-``--mirror-average`` measures every setting with ``StripOptions.mirror_average`` (the
-test-time average of the scan's and its left-right mirror's distances); ``--no-csf`` the
+Every setting is measured with ``StripOptions.mirror_average`` (the test-time average of
+the scan's and its left-right mirror's distances; on by default since session 39), or
+without it with ``--no-mirror-average``; ``--no-csf`` the
 network's other output, the brain without the CSF around it; ``--csf-fraction`` a surface
 between the two (``StripOptions.csf_fraction``, one or several); ``--focus`` the half-size of
 the second pass's box (``StripOptions.focus_mm``; 0: one pass). ``--manifest`` measures
@@ -47,7 +48,8 @@ def main() -> None:
     parser.add_argument("--borders", default="0,1")
     parser.add_argument("--openings", default="0,3,5")
     parser.add_argument("--model")
-    parser.add_argument("--mirror-average", action="store_true", help="average with the left-right mirror")
+    parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction,
+                        default=StripOptions.mirror_average, help="average with the left-right mirror")
     surfaces = parser.add_mutually_exclusive_group()
     surfaces.add_argument("--no-csf", action="store_true", help="measure the no-CSF output (CSF fraction 0)")
     surfaces.add_argument("--csf-fraction", default=f"{StripOptions.csf_fraction:g}",
@@ -85,7 +87,7 @@ def main() -> None:
              + ("" if args.manifest == EVAL_MANIFEST else f" ({args.manifest})"), "",
              f"Command: `python bench/postprocess_sweep.py --borders={args.borders} --openings {args.openings}`"
              + (f" `--model {args.model}`" if args.model else "")
-             + (" `--mirror-average`" if args.mirror_average else "")
+             + ("" if args.mirror_average else " `--no-mirror-average`")
              + (" `--no-csf`" if args.no_csf else "")
              + (f" `--csf-fraction {args.csf_fraction}`"
                 if not args.no_csf and fractions != [StripOptions.csf_fraction] else "")

@@ -53,6 +53,16 @@ def test_intensity_rule_flags_reach_the_sidecar(tmp_path, phantom_file, capsys):
     assert "already_stripped" not in sidecar["diagnostics"]
 
 
+@pytest.mark.parametrize("flags,expected", [([], True), (["--no-mirror-average"], False),
+                                             (["--mirror-average"], True)])
+def test_mirror_average_is_the_default_and_can_be_turned_off(tmp_path, phantom_file, capsys, flags, expected):
+    import json
+
+    code, _, _ = run(["-i", phantom_file, "-m", tmp_path / "mask.nii.gz", *flags], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "mask.json").read_text())["parameters"]["mirror_average"] is expected
+
+
 def test_csf_fraction_reaches_the_sidecar_and_excludes_no_csf(tmp_path, phantom_file, capsys):
     import json
 

@@ -53,8 +53,9 @@ def _strip_parser() -> argparse.ArgumentParser:
     _add_csf_flags(parser)
     parser.add_argument("--volumes", choices=("mean", "first", "each"), default="mean",
                         help="4D input: one mask from the mean or first volume (default mean), or one per volume")
-    parser.add_argument("--mirror-average", action="store_true",
-                        help="average with the prediction on the left-right mirrored scan (twice the model time)")
+    parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with the prediction on the left-right mirrored scan (default on; "
+                             "--no-mirror-average halves the model time)")
     _add_focus_flag(parser)
     _add_intensity_rule_flags(parser)
     parser.add_argument("--fill", type=float, default=None,
@@ -244,9 +245,10 @@ def _batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opening", type=float, default=None, help="as for skullstrip strip")
     _add_csf_flags(parser)
     parser.add_argument("--no-flip-check", action="store_true",
-                        help="skip the mirrored-input QC prediction (halves model time)")
-    parser.add_argument("--mirror-average", action="store_true",
-                        help="average with the mirrored-scan prediction (free when the flip check runs)")
+                        help="skip the flip-disagreement QC number (with --no-mirror-average too, "
+                             "the mirrored pass and half the model time)")
+    parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with the mirrored-scan prediction (default on; free when the flip check runs)")
     _add_focus_flag(parser)
     _add_intensity_rule_flags(parser)
     parser.add_argument("-t", "--threads", type=int, default=None, help="threads per worker (default cores/jobs)")

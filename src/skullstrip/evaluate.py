@@ -473,7 +473,9 @@ def real_scan_monitor(manifest: str | Path, border_mm: float = 0.0,
         model = Model.from_network(network, source="training", step=step)
         dices = []
         for data, affine, reference in loaded:
-            sdt = predict_distance(data, affine, model, StripOptions(border_mm=border_mm))
+            # one view: the monitor stays as cheap as, and comparable with, that of runs before
+            # mirror averaging became the default (session 39)
+            sdt = predict_distance(data, affine, model, StripOptions(border_mm=border_mm, mirror_average=False))
             prediction = sdt < 0
             dices.append(2 * (prediction & reference).sum() / (prediction.sum() + reference.sum()))
         return {"real_dice": float(np.mean(dices)), "real_dice_min": float(np.min(dices))}
