@@ -76,7 +76,9 @@ class StripOptions:
     threads: int | None = None
     device: str = "cpu"
     model_path: str | None = None
-    flip_check: bool = False  # run the model again on the left-right flipped scan (QC; twice the model time)
+    # QC: agreement with the prediction on the left-right flipped scan (the pass that
+    # mirror_average runs anyway; without it, twice the model time)
+    flip_check: bool = False
     # average the distances of the scan and its left-right mirror (test-time augmentation;
     # twice the model time): the mask no longer depends on which hemisphere is on the left.
     # On by default since session 39: run40 0.9518 -> 0.9526 mean Dice on the calibration
@@ -211,9 +213,9 @@ def _onnx_model(raw: bytes, label: str, digest: str, threads: int | None) -> Mod
     session_options.intra_op_num_threads = threads or os.cpu_count() or 1
     session_options.inter_op_num_threads = 1
     # no memory arena: the arena keeps every block it ever took, and the passes of one scan
-    # (whole head, focus box, each with its mirror) have different shapes. Peak RSS on a
-    # 256^3 T1 with the mirror average: 1012 MB with the arena, 502 MB without, at the same
-    # speed within this machine's noise (session 39)
+    # (whole head, focus box, each with its mirror) have different shapes. Peak RSS of the
+    # command on a 256^3 T1 with the mirror average: about 1 GB with the arena, half that
+    # without, at the same speed within this machine's noise (session 39, docs/model.md)
     session_options.enable_cpu_mem_arena = False
     session = onnxruntime.InferenceSession(raw, session_options, providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
