@@ -215,7 +215,7 @@ def _onnx_model(raw: bytes, label: str, digest: str, threads: int | None) -> Mod
     # no memory arena: the arena keeps every block it ever took, and the passes of one scan
     # (whole head, focus box, each with its mirror) have different shapes. Peak RSS of the
     # command on a 256^3 T1 with the mirror average: about 1 GB with the arena, half that
-    # without, at the same speed within this machine's noise (session 39, docs/model.md)
+    # without, for about 5 % more time a pass (session 39, docs/model.md)
     session_options.enable_cpu_mem_arena = False
     session = onnxruntime.InferenceSession(raw, session_options, providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
