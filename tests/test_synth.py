@@ -496,6 +496,62 @@ def test_rim_widening_off_draws_nothing_and_changes_only_the_cortex(procedural_a
     assert not np.array_equal(plain.image, widened.image)
 
 
+def test_rim_thinning_turns_the_deep_outer_csf_into_cortex_and_keeps_regions(procedural_anatomy):
+    anatomy = procedural_anatomy
+    regions = anatomy.regions
+    thinned = synth.RimThinning(rim_mm=1.0)(regions, anatomy.shell_index, anatomy.shell_depth)
+    np.testing.assert_array_equal(thinned % synth.N_REGIONS, regions % synth.N_REGIONS)
+    before, after = regions // synth.N_REGIONS, thinned // synth.N_REGIONS
+    changed = before != after
+    assert changed.any()
+    assert (before[changed] == synth.CSF).all() and (after[changed] == synth.GM).all()
+    # all outer CSF from 1 mm down to MAX_RIM_MM, and nothing else: not the ventricles
+    # (inside the no-CSF mask) and not the first millimetre under the skull
+    depth = -anatomy.sdt_brain
+    outer = (before == synth.CSF) & (anatomy.sdt_nocsf >= 0) & (depth > 1.0) & (depth < synth.MAX_RIM_MM)
+    np.testing.assert_array_equal(changed, outer)
+    assert ((before == synth.CSF) & (depth > 0) & (depth <= 1.0) & ~changed).any()  # a rim is left
+
+
+def test_rim_thinning_nocsf_target_matches_the_mask_of_the_thinned_labels(procedural_anatomy):
+    """The target agrees with the no-CSF mask recomputed from the thinned labels, which is
+    larger than before, and the brain+CSF mask is the same before and after."""
+    anatomy = procedural_anatomy
+    thinning = synth.RimThinning(rim_mm=0.5)
+    labels = thinning(anatomy.regions, anatomy.shell_index, anatomy.shell_depth) // synth.N_REGIONS
+    brain, nocsf = synth.brain_masks_from_labels(labels)
+    old_brain, _ = synth.brain_masks_from_labels(anatomy.labels)
+    assert dice(brain, old_brain) > 0.999
+    target = thinning.nocsf_target(anatomy.sdt_nocsf, anatomy.sdt_brain, mm_per_label_mm=1.0) < 0
+    assert dice(target, nocsf & brain) > 0.99
+    assert target.sum() > 1.05 * (anatomy.sdt_nocsf < 0).sum()
+    # in the unit of its inputs: at 2 output mm per label mm, a 0.5 mm rim is 1 output mm
+    assert thinning.nocsf_target(np.float32([5.0]), np.float32([-3.0]), 2.0).tolist() == [-2.0]
+
+
+def test_rim_thinning_has_its_own_stream_and_never_follows_a_widening(procedural_anatomy):
+    """Off, it draws nothing; on, the same seed gives the same contrast, grid and brain+CSF
+    target and a larger no-CSF target; a sample whose rim was widened is not thinned."""
+    assert synth.sample_rim_thinning(3, synth.SynthConfig()) is None
+    config_on = synth.config_with(p_rim_thinning=1.0, rim_thinning_mm=(0.2, 0.8))
+    rims = [synth.sample_rim_thinning(seed, config_on).rim_mm for seed in range(20)]
+    assert min(rims) >= 0.2 and max(rims) <= 0.8
+    samples = []
+    for p in (0.0, 1.0):
+        config = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_rim_thinning=p)
+        samples.append(synth.SyntheticHeads([procedural_anatomy], config).sample(9, "mri"))
+    plain, thinned = samples
+    assert plain.contrast == thinned.contrast and plain.image.shape == thinned.image.shape
+    np.testing.assert_array_equal(plain.sdt_brain, thinned.sdt_brain)
+    assert (thinned.sdt_nocsf <= plain.sdt_nocsf).all()
+    assert (thinned.sdt_nocsf < 0).sum() > (plain.sdt_nocsf < 0).sum()
+    assert not np.array_equal(plain.image, thinned.image)
+    widen_only = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_rim_widening=1.0)
+    both = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_rim_widening=1.0, p_rim_thinning=1.0)
+    np.testing.assert_array_equal(synth.SyntheticHeads([procedural_anatomy], widen_only).sample(9, "mri").image,
+                                  synth.SyntheticHeads([procedural_anatomy], both).sample(9, "mri").image)
+
+
 def test_marrow_contrast_sets_the_marrow_and_nothing_else():
     contrast = synth.sample_tissue_contrast(np.random.default_rng(2), "mri", p_mri_family=1.0, mri_family="t2")
     changed = synth.MarrowContrast(intensity=0.9)(contrast)

@@ -61,13 +61,15 @@ REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
 # second entropy words of the draws that have random streams of their own, one each so
 # they never share numbers: contrast_twin's contrast, sample_skull_base_warp,
-# sample_rim_widening and sample_marrow_contrast
+# sample_rim_widening, sample_marrow_contrast and sample_rim_thinning
 TWIN_CONTRAST_STREAM = 1
 SKULL_BASE_WARP_STREAM = 2
 RIM_WIDENING_STREAM = 3
 MARROW_CONTRAST_STREAM = 4
+RIM_THINNING_STREAM = 5
 # deepest brain tissue (mm below the brain+CSF surface) that RimWidening may turn into
-# CSF: the Anatomy keeps only these voxels in its rim index
+# CSF, and deepest outer CSF that RimThinning may turn into cortex: the Anatomy keeps
+# only these voxels in its rim and shell indices
 MAX_RIM_MM = 6.0
 MODALITIES = ("mri", "ct", "pet", "epi", "mra")
 
@@ -126,6 +128,10 @@ class SynthConfig:
     # older and atrophic brains; off by default so that earlier recipes replay bit for bit
     p_rim_widening: float = 0.0
     rim_widening_mm: tuple[float, float] = (2.0, 5.0)
+    # the opposite: a CSF rim at most this thick, the cortex grown out to it (RimThinning),
+    # in samples that RimWidening left alone; off by default for the same reason
+    p_rim_thinning: float = 0.0
+    rim_thinning_mm: tuple[float, float] = (0.0, 1.0)
     # MRI marrow at any intensity in this range, whatever the contrast (MarrowContrast);
     # off by default so that earlier recipes replay bit for bit
     p_marrow_contrast: float = 0.0
@@ -170,6 +176,10 @@ class Anatomy:
     # (mm), shallowest first, so a rim thickness picks a prefix
     rim_index: np.ndarray  # int64
     rim_depth: np.ndarray  # float32, sorted
+    # where RimThinning may turn CSF into cortex: the same for the CSF voxels outside the
+    # no-CSF mask (the rim and the open sulci, not the ventricles)
+    shell_index: np.ndarray  # int64
+    shell_depth: np.ndarray  # float32, sorted
 
     @property
     def sdt_brain(self) -> np.ndarray:
@@ -377,6 +387,7 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
     sdts = np.clip(np.stack([signed_distance_mm(brain), signed_distance_mm(nocsf)], axis=-1),
                    -SDT_CLIP_MM, SDT_CLIP_MM)
     rim_index, rim_depth = cortex_by_depth(labels, sdts[..., 0])
+    shell_index, shell_depth = outer_csf_by_depth(labels, sdts[..., 0], sdts[..., 1])
     return Anatomy(
         labels=labels,
         sdts=sdts,
@@ -387,6 +398,8 @@ def anatomy_from_labels(labels: np.ndarray, name: str) -> Anatomy:
         scalp_depth=scalp_depth,
         rim_index=rim_index,
         rim_depth=rim_depth,
+        shell_index=shell_index,
+        shell_depth=shell_depth,
     )
 
 
@@ -403,8 +416,21 @@ def cortex_by_depth(labels: np.ndarray, sdt_brain: np.ndarray,
 
     Returns their flat indices and their depths (mm, ``-sdt_brain``).
     """
+    return _by_depth(np.isin(labels.ravel(), (GM, WM)), sdt_brain, max_mm)
+
+
+def outer_csf_by_depth(labels: np.ndarray, sdt_brain: np.ndarray, sdt_nocsf: np.ndarray,
+                       max_mm: float = MAX_RIM_MM) -> tuple[np.ndarray, np.ndarray]:
+    """The CSF voxels outside the no-CSF mask within ``max_mm`` inside the brain+CSF surface, shallowest first.
+
+    Returns their flat indices and their depths (mm, ``-sdt_brain``).
+    """
+    return _by_depth((labels.ravel() == CSF) & (sdt_nocsf.ravel() >= 0), sdt_brain, max_mm)
+
+
+def _by_depth(selected: np.ndarray, sdt_brain: np.ndarray, max_mm: float) -> tuple[np.ndarray, np.ndarray]:
     depth = -sdt_brain.ravel()
-    index = np.flatnonzero(np.isin(labels.ravel(), (GM, WM)) & (depth >= 0) & (depth < max_mm))
+    index = np.flatnonzero(selected & (depth >= 0) & (depth < max_mm))
     order = np.argsort(depth[index], kind="stable")
     return index[order], depth[index][order].astype(np.float32)
 
@@ -758,6 +784,62 @@ def sample_rim_widening(seed: int, config: SynthConfig) -> RimWidening | None:
         return None
     low, high = config.rim_widening_mm
     return RimWidening(rim_mm=float(rng.uniform(low, high)))
+
+
+@dataclass(frozen=True)
+class RimThinning:
+    """A CSF rim at most ``rim_mm`` thick between the skull and the cortex.
+
+    The opposite of :class:`RimWidening`. BrainWeb's CSF between the cortex and the skull
+    is thick at the vertex, so on synthetic T2 the brain lies inside a bright CSF shell at
+    least 2 mm thick, at twice the grey matter's brightness; around the expert surface of
+    real T2w scans there is no such shell (the first 2 mm outside are mostly dark,
+    training/README.md, session 39), and the network's T2w masks are ~7 % too large. Here
+    the outer CSF deeper than ``rim_mm`` below the brain+CSF surface (down to MAX_RIM_MM;
+    not the ventricles, which lie inside the no-CSF mask) becomes grey matter: the cortex
+    grows out to within ``rim_mm`` of the skull, as in young brains with closed sulci. The
+    brain+CSF mask does not change; the no-CSF mask gains what became cortex
+    (:meth:`nocsf_target`).
+    """
+
+    rim_mm: float
+
+    def __call__(self, regions: np.ndarray, shell_index: np.ndarray, shell_depth: np.ndarray) -> np.ndarray:
+        """``Anatomy.regions`` with the outer CSF deeper than ``rim_mm`` made grey matter.
+
+        ``shell_index``/``shell_depth``: the outer CSF voxels sorted by depth below the
+        brain+CSF surface (``Anatomy``); each voxel keeps its region.
+        """
+        index = shell_index[np.searchsorted(shell_depth, self.rim_mm, side="right"):]
+        thinned = regions.copy()
+        flat = thinned.reshape(-1)
+        flat[index] = GM * N_REGIONS + flat[index] % N_REGIONS
+        return thinned
+
+    def nocsf_target(self, sdt_nocsf: np.ndarray, sdt_brain: np.ndarray, mm_per_label_mm: float) -> np.ndarray:
+        """The no-CSF signed distance after the thinning, in the unit of the two inputs.
+
+        The new no-CSF mask is the old one plus everything deeper than ``rim_mm`` below
+        the brain+CSF surface (CSF deeper than MAX_RIM_MM is then enclosed by cortex, and
+        the no-CSF mask fills enclosed holes): a union, whose signed distance is the
+        smaller of the two. ``mm_per_label_mm`` converts ``rim_mm`` to the inputs' unit.
+        """
+        return np.minimum(sdt_nocsf, sdt_brain + np.float32(self.rim_mm * mm_per_label_mm))
+
+
+def sample_rim_thinning(seed: int, config: SynthConfig) -> RimThinning | None:
+    """With ``p_rim_thinning``, a rim at most ``rim_thinning_mm`` thick, drawn from its own stream.
+
+    Like :func:`sample_rim_widening`, its own generator leaves every other draw of the
+    sample unchanged, and with the probability at 0 earlier recipes replay exactly.
+    """
+    if config.p_rim_thinning <= 0:
+        return None
+    rng = np.random.default_rng([seed, RIM_THINNING_STREAM])
+    if rng.random() >= config.p_rim_thinning:
+        return None
+    low, high = config.rim_thinning_mm
+    return RimThinning(rim_mm=float(rng.uniform(low, high)))
 
 
 # -------------------------------------------------------------------- tissue contrast
@@ -1382,9 +1464,14 @@ class SyntheticHeads:
         regions = anatomy.regions
         if thickening is not None:
             regions = thickening(regions, anatomy.scalp_index, anatomy.scalp_depth)
-        widening = sample_rim_widening(seed, config)
-        if widening is not None:
-            regions = widening(regions, anatomy.rim_index, anatomy.rim_depth)
+        # one rim change at most: a widened rim stays wide
+        rim_change = sample_rim_widening(seed, config)
+        if rim_change is not None:
+            regions = rim_change(regions, anatomy.rim_index, anatomy.rim_depth)
+        else:
+            rim_change = sample_rim_thinning(seed, config)
+            if rim_change is not None:
+                regions = rim_change(regions, anatomy.shell_index, anatomy.shell_depth)
         shape = config.shape
         sampler = TrilinearSampler(coords, anatomy.labels.shape)
         # partial volume: the image is interpolated from the 1 mm tissue intensities
@@ -1393,8 +1480,8 @@ class SyntheticHeads:
         image += contrast.texture(labels, rng)
         to_output_mm = np.float32(transform.mm_per_label_mm)
         targets = [d.reshape(shape) * to_output_mm for d in sampler.value_pairs(anatomy.sdts, outside=SDT_CLIP_MM)]
-        if widening is not None:
-            targets[1] = widening.nocsf_target(targets[1], targets[0], transform.mm_per_label_mm)
+        if rim_change is not None:
+            targets[1] = rim_change.nocsf_target(targets[1], targets[0], transform.mm_per_label_mm)
 
         if modality == "epi" and rng.random() < 0.7:
             image = sample_dropout(rng, targets[0])(image)
