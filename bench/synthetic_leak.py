@@ -2,7 +2,7 @@
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
        [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--subjects WHICH] [--clean]
-       [--csf-fraction F] [--border MM] [--name NAME]
+       [--csf-fraction F] [--border MM] [--target brain|nocsf] [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This
@@ -32,6 +32,10 @@ images the first three BrainWeb subjects (trained on) instead: equal scores on b
 the network underfits its own training distribution rather than failing to generalise.
 ``--clean`` turns off every corruption (thick slices, blur, noise, ghosting,
 quantisation, bias field, gamma), so what is left is not the image's ambiguity.
+``--target nocsf`` compares with the no-CSF target instead; with ``--csf-fraction 0
+--border 0`` that measures the network's no-CSF output itself, whose volume ratio per
+``--mri-family`` shows the split between contrasts where the anatomy is the same
+(training/README.md, run45).
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_leak unless ``--name``).
 """
@@ -108,6 +112,8 @@ def main() -> None:
                         help="surface between the no-CSF (0) and brain+CSF (1) outputs; 1 with --border 0 "
                              "measures the brain+CSF output itself, the surface the target is")
     parser.add_argument("--border", type=float, default=StripOptions.border_mm, help="mask border, mm")
+    parser.add_argument("--target", choices=("brain", "nocsf"), default="brain",
+                        help="the generator's target the mask is compared with: brain+CSF or no-CSF")
     parser.add_argument("--name", default="synthetic_leak")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
@@ -119,6 +125,7 @@ def main() -> None:
     config = whole_heads_config(args.clean, p_mri_family=1.0 if args.mri_family else 0.8,
                                 mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1)
     generator = synth.SyntheticHeads(anatomies, config)
+    target_of = (lambda sample: sample.sdt_brain) if args.target == "brain" else (lambda sample: sample.sdt_nocsf)
     voxel_ml = config.voxel_mm**3 / 1000
     rows = []
     for index in range(args.n):
@@ -128,7 +135,7 @@ def main() -> None:
             result = strip((sample.image, sample.affine), StripOptions(model_path=path, csf_fraction=args.csf_fraction,
                                                                     border_mm=args.border))
             rows.append({"sample": index, "anatomy": sample.anatomy, "modality": modality, "model": name,
-                         **leak_metrics(result.mask > 0, sample.sdt_brain, voxel_ml)})
+                         **leak_metrics(result.mask > 0, target_of(sample), voxel_ml)})
             print(rows[-1], flush=True)
 
     options = " ".join(sys.argv[1:])  # the command as given, so the file says how to remake it
@@ -139,7 +146,8 @@ def main() -> None:
              f"Command: `python bench/synthetic_leak.py {options}`", "",
              f"{args.n} samples of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects, {modalities}{look}"
              + (", no corruptions" if args.clean else "") + ", "
-             f"CSF fraction {args.csf_fraction:g}, border {args.border:g} mm, default opening. "
+             f"CSF fraction {args.csf_fraction:g}, border {args.border:g} mm, default opening, "
+             f"against the {'brain+CSF' if args.target == 'brain' else 'no-CSF'} target. "
              f"volume: mask over target (near: within {FAR_OUTSIDE_MM:g} mm of it); "
              f"far: mL called brain more than "
              f"{FAR_OUTSIDE_MM:g} mm outside the target; below: mL below the target's lowest slice.", "",
