@@ -777,13 +777,18 @@ def sample_rim_widening(seed: int, config: SynthConfig) -> RimWidening | None:
     unchanged: with the probability at 0 earlier recipes replay exactly, and a sample with
     and without the widening differ in the outer cortex only.
     """
-    if config.p_rim_widening <= 0:
+    rim_mm = _sample_rim_mm(seed, RIM_WIDENING_STREAM, config.p_rim_widening, config.rim_widening_mm)
+    return None if rim_mm is None else RimWidening(rim_mm)
+
+
+def _sample_rim_mm(seed: int, stream: int, probability: float, limits: tuple[float, float]) -> float | None:
+    """With ``probability``, a uniform draw from ``limits``, from the sample's ``stream``."""
+    if probability <= 0:
         return None
-    rng = np.random.default_rng([seed, RIM_WIDENING_STREAM])
-    if rng.random() >= config.p_rim_widening:
+    rng = np.random.default_rng([seed, stream])
+    if rng.random() >= probability:
         return None
-    low, high = config.rim_widening_mm
-    return RimWidening(rim_mm=float(rng.uniform(low, high)))
+    return float(rng.uniform(*limits))
 
 
 @dataclass(frozen=True)
@@ -833,13 +838,8 @@ def sample_rim_thinning(seed: int, config: SynthConfig) -> RimThinning | None:
     Like :func:`sample_rim_widening`, its own generator leaves every other draw of the
     sample unchanged, and with the probability at 0 earlier recipes replay exactly.
     """
-    if config.p_rim_thinning <= 0:
-        return None
-    rng = np.random.default_rng([seed, RIM_THINNING_STREAM])
-    if rng.random() >= config.p_rim_thinning:
-        return None
-    low, high = config.rim_thinning_mm
-    return RimThinning(rim_mm=float(rng.uniform(low, high)))
+    rim_mm = _sample_rim_mm(seed, RIM_THINNING_STREAM, config.p_rim_thinning, config.rim_thinning_mm)
+    return None if rim_mm is None else RimThinning(rim_mm)
 
 
 # -------------------------------------------------------------------- tissue contrast
