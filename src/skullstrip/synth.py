@@ -804,7 +804,8 @@ class RimThinning:
     not the ventricles, which lie inside the no-CSF mask) becomes grey matter: the cortex
     grows out to within ``rim_mm`` of the skull, as in young brains with closed sulci. The
     brain+CSF mask does not change; the no-CSF mask gains what became cortex
-    (:meth:`nocsf_target`).
+    (:meth:`nocsf_target`). run45 trained with it and its T2w masks grew instead of
+    shrinking (not shipped, training/README.md).
     """
 
     rim_mm: float
