@@ -125,7 +125,6 @@ def main() -> None:
     config = whole_heads_config(args.clean, p_mri_family=1.0 if args.mri_family else 0.8,
                                 mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1)
     generator = synth.SyntheticHeads(anatomies, config)
-    target_of = (lambda sample: sample.sdt_brain) if args.target == "brain" else (lambda sample: sample.sdt_nocsf)
     voxel_ml = config.voxel_mm**3 / 1000
     rows = []
     for index in range(args.n):
@@ -135,7 +134,7 @@ def main() -> None:
             result = strip((sample.image, sample.affine), StripOptions(model_path=path, csf_fraction=args.csf_fraction,
                                                                     border_mm=args.border))
             rows.append({"sample": index, "anatomy": sample.anatomy, "modality": modality, "model": name,
-                         **leak_metrics(result.mask > 0, target_of(sample), voxel_ml)})
+                         **leak_metrics(result.mask > 0, getattr(sample, f"sdt_{args.target}"), voxel_ml)})
             print(rows[-1], flush=True)
 
     options = " ".join(sys.argv[1:])  # the command as given, so the file says how to remake it
