@@ -2,7 +2,7 @@
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
        [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--subjects WHICH] [--clean]
-       [--csf-fraction F] [--border MM] [--target brain|nocsf] [--name NAME]
+       [--csf-fraction F] [--border MM] [--target brain|nocsf] [--head-size F] [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This
@@ -35,7 +35,9 @@ quantisation, bias field, gamma), so what is left is not the image's ambiguity.
 ``--target nocsf`` compares with the no-CSF target instead; with ``--csf-fraction 0
 --border 0`` that measures the network's no-CSF output itself, whose volume ratio per
 ``--mri-family`` shows the split between contrasts where the anatomy is the same
-(training/README.md, run45).
+(training/README.md, run45). ``--head-size F`` resizes every head by F (``synth.HeadSize``;
+BrainWeb's brains are larger than most adults', whose brain+CSF is about 0.9 of theirs
+in each direction), so the ratios show how the surfaces depend on the head's size.
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_leak unless ``--name``).
 """
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--border", type=float, default=StripOptions.border_mm, help="mask border, mm")
     parser.add_argument("--target", choices=("brain", "nocsf"), default="brain",
                         help="the generator's target the mask is compared with: brain+CSF or no-CSF")
+    parser.add_argument("--head-size", type=float, help="resize every head by this factor (default: as drawn)")
     parser.add_argument("--name", default="synthetic_leak")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
@@ -123,7 +126,8 @@ def main() -> None:
     paths = paths[-HELD_OUT_SUBJECTS:] if args.subjects == "held-out" else paths[:HELD_OUT_SUBJECTS]
     anatomies = synth.load_anatomies(paths, neck_junction_mm=junction)
     config = whole_heads_config(args.clean, p_mri_family=1.0 if args.mri_family else 0.8,
-                                mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1)
+                                mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1,
+                                head_size_range=(args.head_size, args.head_size) if args.head_size else None)
     generator = synth.SyntheticHeads(anatomies, config)
     voxel_ml = config.voxel_mm**3 / 1000
     rows = []
@@ -140,7 +144,8 @@ def main() -> None:
     options = " ".join(sys.argv[1:])  # the command as given, so the file says how to remake it
     modalities = args.modality or f"modalities in turn ({', '.join(synth.MODALITIES)})"
     look = (f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
-            if args.p_low_contrast_t1 else "") + (f", MRI as {args.mri_family}" if args.mri_family else "")
+            if args.p_low_contrast_t1 else "") + (f", MRI as {args.mri_family}" if args.mri_family else "") \
+        + (f", heads resized by {args.head_size:g}" if args.head_size else "")
     lines = ["# Leaks on synthetic heads with necks", "",
              f"Command: `python bench/synthetic_leak.py {options}`", "",
              f"{args.n} samples of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects, {modalities}{look}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -550,6 +552,41 @@ def test_rim_thinning_has_its_own_stream_and_never_follows_a_widening(procedural
     both = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, p_rim_widening=1.0, p_rim_thinning=1.0)
     np.testing.assert_array_equal(synth.SyntheticHeads([procedural_anatomy], widen_only).sample(9, "mri").image,
                                   synth.SyntheticHeads([procedural_anatomy], both).sample(9, "mri").image)
+
+
+def test_head_size_resizes_about_the_grid_centre_and_rescales_the_targets(procedural_anatomy):
+    """A factor of 0.8 shrinks the brain by 0.8^3 in volume about the same centre, and its
+    distances stay in output mm (the mask of the resized sdt is the resized mask)."""
+    config = synth.config_with(shape=(64, 64, 64), voxel_mm=3.0, max_rotation_deg=0.0, p_axis_permutation=0.0,
+                               max_shift_mm=0.0, p_fov_cut=0.0, p_deface=0.0, p_skull_stripped=0.0)
+    transform = synth.sample_spatial_transform(np.random.default_rng(4), config, procedural_anatomy)
+    np.testing.assert_allclose(synth.HeadSize(1.0)(transform).matrix, transform.matrix)
+    assert synth.HeadSize(0.8)(transform).mm_per_label_mm == pytest.approx(transform.mm_per_label_mm * 0.8)
+    samples = []
+    for factor in (1.0, 0.8):
+        sized = dataclasses.replace(config, head_size_range=(factor, factor))
+        samples.append(synth.SyntheticHeads([procedural_anatomy], sized).sample(4, "mri"))
+    full, small = samples
+    inside_full, inside_small = full.sdt_brain < 0, small.sdt_brain < 0
+    assert inside_small.sum() / inside_full.sum() == pytest.approx(0.8**3, rel=0.05)
+    np.testing.assert_allclose(ndi.center_of_mass(inside_small), ndi.center_of_mass(inside_full), atol=1.0)
+    # one output mm inward of the small surface is 1/0.8 label-map mm: the distances were rescaled
+    assert (small.sdt_brain < -3.0).sum() / (full.sdt_brain < -3.0 / 0.8).sum() == pytest.approx(0.8**3, rel=0.05)
+
+
+def test_head_size_has_its_own_stream_and_is_off_by_default(procedural_anatomy):
+    assert synth.sample_head_size(3, synth.SynthConfig()) is None
+    config = synth.config_with(head_size_range=(0.8, 1.02))
+    factors = [synth.sample_head_size(seed, config).factor for seed in range(40)]
+    assert min(factors) >= 0.8 and max(factors) <= 1.02 and len(set(factors)) == 40
+    assert factors[7] == synth.sample_head_size(7, config).factor
+    samples = []
+    for head_size_range in (None, (0.85, 0.85)):
+        sized = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0, head_size_range=head_size_range)
+        samples.append(synth.SyntheticHeads([procedural_anatomy], sized).sample(9, "mri"))
+    plain, small = samples
+    assert plain.contrast == small.contrast and plain.image.shape == small.image.shape
+    assert (small.sdt_brain < 0).sum() < (plain.sdt_brain < 0).sum()
 
 
 def test_marrow_contrast_sets_the_marrow_and_nothing_else():

@@ -61,12 +61,13 @@ REGIONAL_TISSUES = (FAT, MUSCLE, SKIN, SKULL, CONNECTIVE, DURA, MARROW)
 SDT_CLIP_MM = 25.0
 # second entropy words of the draws that have random streams of their own, one each so
 # they never share numbers: contrast_twin's contrast, sample_skull_base_warp,
-# sample_rim_widening, sample_marrow_contrast and sample_rim_thinning
+# sample_rim_widening, sample_marrow_contrast, sample_rim_thinning and sample_head_size
 TWIN_CONTRAST_STREAM = 1
 SKULL_BASE_WARP_STREAM = 2
 RIM_WIDENING_STREAM = 3
 MARROW_CONTRAST_STREAM = 4
 RIM_THINNING_STREAM = 5
+HEAD_SIZE_STREAM = 6
 # deepest brain tissue (mm below the brain+CSF surface) that RimWidening may turn into
 # CSF, and deepest outer CSF that RimThinning may turn into cortex: the Anatomy keeps
 # only these voxels in its rim and shell indices
@@ -98,6 +99,12 @@ class SynthConfig:
     max_rotation_deg: float = 25.0
     p_axis_permutation: float = 0.1  # heads lying in any axis order (wrong headers)
     scale_range: float = 0.15
+    # every head isotropically resized by a factor drawn uniformly from this range
+    # (HeadSize), on top of scale_range's per-axis jitter: BrainWeb's heads are larger
+    # than most adults' (brain+CSF 1885-2125 mL), and networks trained on them alone
+    # inflate the masks of smaller heads (training/README.md, run46); None (the
+    # default) draws nothing, so that earlier recipes replay bit for bit
+    head_size_range: tuple[float, float] | None = None
     max_shear: float = 0.05
     max_shift_mm: float = 30.0
     deform_max_mm: float = 4.0
@@ -667,6 +674,38 @@ def sample_spatial_transform(
         output_shape=tuple(config.shape),
         output_voxel_mm=config.voxel_mm,
     )
+
+
+@dataclass(frozen=True)
+class HeadSize:
+    """An isotropic resize of the head about the output grid's centre.
+
+    ``factor`` output mm per output mm of the unresized head: 0.9 makes the head 10 %
+    smaller in every direction and 27 % smaller in volume. The label point at the grid's
+    centre stays there, so the resize moves nothing the spatial transform centred. The
+    targets follow from the resized transform (``SpatialTransform.mm_per_label_mm``).
+    """
+
+    factor: float
+
+    def __call__(self, transform: SpatialTransform) -> SpatialTransform:
+        matrix = transform.matrix / self.factor  # label mm per output mm: fewer for a larger head
+        centre = (np.asarray(transform.output_shape, dtype=float) - 1) / 2
+        offset = transform.offset + (transform.matrix - matrix) @ centre
+        # the displacement is in label voxels and stays: a few mm of smooth warp either way
+        return dataclasses.replace(transform, matrix=matrix, offset=offset)
+
+
+def sample_head_size(seed: int, config: SynthConfig) -> HeadSize | None:
+    """Draw a ``HeadSize`` from ``config.head_size_range`` with a generator of its own.
+
+    Its own stream (:data:`HEAD_SIZE_STREAM`) leaves every other draw of the sample as it
+    was, so a recipe that adds head sizes sees the same contrasts, crops and artefacts.
+    """
+    if config.head_size_range is None:
+        return None
+    low, high = config.head_size_range
+    return HeadSize(float(np.random.default_rng([seed, HEAD_SIZE_STREAM]).uniform(low, high)))
 
 
 @dataclass(frozen=True)
@@ -1449,6 +1488,9 @@ class SyntheticHeads:
             modality = str(rng.choice(names, p=weights / weights.sum()))
 
         transform = sample_spatial_transform(rng, config, anatomy)
+        head_size = sample_head_size(seed, config)
+        if head_size is not None:
+            transform = head_size(transform)
         distortion = sample_epi_distortion(rng, config) if modality == "epi" else None
         coords = transform.coordinates(distortion)
         warp = sample_skull_base_warp(seed, config, anatomy)
