@@ -46,7 +46,7 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--sdt", help="signed distance to the brain surface in mm (negative inside)")
     parser.add_argument("-b", "--border", type=float, default=None,
                         help="mask border in mm from the surface --csf-fraction picks: positive grows, negative "
-                             "shrinks (default: the model's setting, -0.5)")
+                             "shrinks (default: the model's setting, 0)")
     parser.add_argument("--opening", type=float, default=None,
                         help="cut bridges thinner than twice this many mm between the brain and non-brain "
                              "parts wrongly joined to it; 0 turns it off (default: the model's setting)")

@@ -53,13 +53,14 @@ class StripOptions:
     """What to compute; defaults match ``skullstrip -i IN -m MASK``."""
 
     # the mask is distance < border, the distance being to the surface csf_fraction picks.
-    # -0.5 with csf_fraction 0.25 since session 35 (run40): chosen with csf_fraction on five
+    # 0 with csf_fraction 0.25 since session 41 (run46): chosen with csf_fraction on five
     # qc scans outside eval/, against HD-BET's masks as the stand-in reference (mean Dice
-    # 0.9518; bench/results/calibration_hdbet_run40.md, training/README.md). The references
+    # 0.9555; bench/results/calibration_hdbet_run46.md, training/README.md). The references
     # of our real scans hug the brain closer than the brain+CSF surface the network learnt
-    # from BrainWeb (a thick CSF rim at the vertex). Session 34 (run38): -1 with 0.5, chosen
-    # the same way; until session 33, -1.5 on the brain+CSF surface alone (chosen on eval/)
-    border_mm: float = -0.5
+    # from BrainWeb (a thick CSF rim at the vertex). Sessions 35-40 (run40): -0.5 with 0.25;
+    # session 34 (run38): -1 with 0.5, chosen the same way; until session 33, -1.5 on the
+    # brain+CSF surface alone (chosen on eval/)
+    border_mm: float = 0.0
     # cut bridges thinner than twice this (mm) between the brain and what the network
     # wrongly joined to it (neck, orbits); 0 keeps the whole largest component. 4 mm:
     # run4: mean Dice 0.9290 -> 0.9296 at border -1.5 (bench/results/postprocess_sweep_openings.md)
@@ -67,8 +68,8 @@ class StripOptions:
     # where the surface lies between the network's two outputs: 1 the brain with the CSF
     # around it (SynthStrip's convention), 0 the brain without it, between a weighted
     # mean of the two distances (references differ in how much of the CSF rim they keep;
-    # HD-BET's, the experts' and the templates' keep part of it). 0.25 with border
-    # -0.5 since session 35 (see border_mm)
+    # HD-BET's, the experts' and the templates' keep part of it). 0.25 since
+    # session 35, with border 0 since session 41 (see border_mm)
     csf_fraction: float = 0.25
     no_csf: bool = False  # the same as csf_fraction=0
     volumes: str = "mean"  # 4D: "mean", "first" or "each"
