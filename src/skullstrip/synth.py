@@ -680,7 +680,7 @@ def sample_spatial_transform(
 class HeadSize:
     """An isotropic resize of the head about the output grid's centre.
 
-    ``factor`` output mm per output mm of the unresized head: 0.9 makes the head 10 %
+    ``factor`` is the resized head's length over the drawn one's: 0.9 makes the head 10 %
     smaller in every direction and 27 % smaller in volume. The label point at the grid's
     centre stays there, so the resize moves nothing the spatial transform centred. The
     targets follow from the resized transform (``SpatialTransform.mm_per_label_mm``).
