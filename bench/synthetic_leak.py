@@ -143,9 +143,10 @@ def main() -> None:
 
     options = " ".join(sys.argv[1:])  # the command as given, so the file says how to remake it
     modalities = args.modality or f"modalities in turn ({', '.join(synth.MODALITIES)})"
-    look = (f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
-            if args.p_low_contrast_t1 else "") + (f", MRI as {args.mri_family}" if args.mri_family else "") \
-        + (f", heads resized by {args.head_size:g}" if args.head_size else "")
+    look = "".join([f", {args.p_low_contrast_t1:.0%} of MRI in the clinical low-contrast T1w look"
+                    if args.p_low_contrast_t1 else "",
+                    f", MRI as {args.mri_family}" if args.mri_family else "",
+                    f", heads resized by {args.head_size:g}" if args.head_size else ""])
     lines = ["# Leaks on synthetic heads with necks", "",
              f"Command: `python bench/synthetic_leak.py {options}`", "",
              f"{args.n} samples of {HELD_OUT_SUBJECTS} {args.subjects} BrainWeb subjects, {modalities}{look}"
