@@ -1,7 +1,8 @@
 """Dice on the shared real scans for each post-processing setting (border, opening).
 
 Usage: python bench/postprocess_sweep.py [--borders 0,1] [--openings 0,3,5] [--model FILE] [--no-mirror-average]
-       [--no-csf | --csf-fraction F[,F...]] [--focus MM] [--manifest CSV] [--tie DICE] [--name NAME]
+       [--no-csf | --csf-fraction F[,F...]] [--focus MM] [--working-voxel MM[,MM...]] [--manifest CSV]
+       [--tie DICE] [--name NAME]
 
 Chooses the defaults of ``StripOptions`` from measurements, not taste: for every case of
 ../shared/data/eval and every setting, ``skullstrip.strip`` against the reference mask on
@@ -14,11 +15,14 @@ the scan's and its left-right mirror's distances; on by default since session 39
 without it with ``--no-mirror-average``; ``--no-csf`` the
 network's other output, the brain without the CSF around it; ``--csf-fraction`` a surface
 between the two (``StripOptions.csf_fraction``, one or several); ``--focus`` the half-size of
-the second pass's box (``StripOptions.focus_mm``; 0: one pass). ``--manifest`` measures
+the second pass's box (``StripOptions.focus_mm``; 0: one pass); ``--working-voxel`` the
+voxel sizes of the grid the network runs on (``StripOptions.working_voxel_mm``, one or
+several: a finer grid shows the head larger to the network). ``--manifest`` measures
 against other references than eval/'s (columns case, modality, image, mask), for example a
 calibration set whose masks come from another tool. The last line of the report names the
 chosen setting (``evaluate.choose_setting``): the highest mean Dice, with settings within
-``--tie`` of it going to the one nearest the ``StripOptions`` defaults, CSF fraction first.
+``--tie`` of it going to the one nearest the ``StripOptions`` defaults, working voxel
+first, then CSF fraction.
 """
 
 from __future__ import annotations
@@ -55,27 +59,30 @@ def main() -> None:
     surfaces.add_argument("--csf-fraction", default=f"{StripOptions.csf_fraction:g}",
                           help="surfaces between the no-CSF (0) and brain+CSF (1) outputs, comma-separated")
     parser.add_argument("--focus", type=float, default=StripOptions.focus_mm, help="focus box half-size, mm")
+    parser.add_argument("--working-voxel", default=f"{StripOptions.working_voxel_mm:g}",
+                        help="voxel sizes (mm) of the network's grid, comma-separated")
     parser.add_argument("--manifest", type=Path, default=EVAL_MANIFEST, help="cases with reference masks")
     parser.add_argument("--tie", type=float, default=0.0005,
                         help="mean Dice differences this small count as ties, broken towards the defaults")
     parser.add_argument("--name", default="postprocess_sweep")
     args = parser.parse_args()
     fractions = [0.0] if args.no_csf else floats(args.csf_fraction)
-    settings = list(itertools.product(fractions, floats(args.borders), floats(args.openings)))
+    settings = list(itertools.product(floats(args.working_voxel), fractions, floats(args.borders),
+                                      floats(args.openings)))
     rows = []
     for case in read_manifest(args.manifest):
         reference = nib.load(str(case.mask))
         ref_mask = binary_mask(reference)
-        for fraction, border, opening in settings:
+        for voxel, fraction, border, opening in settings:
             result = strip(case.image, StripOptions(border_mm=border, opening_mm=opening, model_path=args.model,
                                                     mirror_average=args.mirror_average, csf_fraction=fraction,
-                                                    focus_mm=args.focus))
+                                                    focus_mm=args.focus, working_voxel_mm=voxel))
             metrics = mask_metrics(result.mask > 0, ref_mask, reference.header.get_zooms()[:3])
-            rows.append({"case": case.case, "modality": case.modality, "csf_fraction": fraction, "border_mm": border,
-                         "opening_mm": opening, "dice": round(metrics["dice"], 4),
-                         "hd95_mm": round(metrics["hd95_mm"], 2)})
-            print(f"{case.case:32s} CSF fraction {fraction:g} border {border:g} opening {opening:g}: "
-                  f"Dice {metrics['dice']:.4f}", flush=True)
+            rows.append({"case": case.case, "modality": case.modality, "working_voxel_mm": voxel,
+                         "csf_fraction": fraction, "border_mm": border, "opening_mm": opening,
+                         "dice": round(metrics["dice"], 4), "hd95_mm": round(metrics["hd95_mm"], 2)})
+            print(f"{case.case:32s} working voxel {voxel:g} CSF fraction {fraction:g} border {border:g} "
+                  f"opening {opening:g}: Dice {metrics['dice']:.4f}", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
@@ -93,26 +100,31 @@ def main() -> None:
                 if not args.no_csf and fractions != [StripOptions.csf_fraction] else "")
              + (f" `--manifest {args.manifest}`" if args.manifest != EVAL_MANIFEST else "")
              + (f" `--focus {args.focus:g}`" if args.focus != StripOptions.focus_mm else "")
+             + (f" `--working-voxel {args.working_voxel}`"
+                if floats(args.working_voxel) != [StripOptions.working_voxel_mm] else "")
              + (f" `--name {args.name}`" if args.name != "postprocess_sweep" else ""), "",
-             "| CSF fraction | border mm | opening mm | mean Dice | min Dice | mean HD95 mm | "
+             "| working voxel mm | CSF fraction | border mm | opening mm | mean Dice | min Dice | mean HD95 mm | "
              + " | ".join(modalities) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(modalities)]
+             "|---|---|---|---|---|---|---|" + "---|" * len(modalities)]
     mean_dice = {}
-    for fraction, border, opening in settings:
+    for setting in settings:
+        voxel, fraction, border, opening = setting
         own = [r for r in rows
-               if (r["csf_fraction"], r["border_mm"], r["opening_mm"]) == (fraction, border, opening)]
+               if (r["working_voxel_mm"], r["csf_fraction"], r["border_mm"], r["opening_mm"]) == setting]
         dice = np.array([r["dice"] for r in own])
-        mean = mean_dice[(fraction, border, opening)] = float(dice.mean())
+        mean = mean_dice[setting] = float(dice.mean())
         per_modality = [np.mean([r["dice"] for r in own if r["modality"] == m]) for m in modalities]
-        lines.append(f"| {fraction:g} | {border:g} | {opening:g} | {mean:.4f} | {dice.min():.4f} | "
+        lines.append(f"| {voxel:g} | {fraction:g} | {border:g} | {opening:g} | {mean:.4f} | {dice.min():.4f} | "
                      f"{np.mean([r['hd95_mm'] for r in own]):.2f} | "
                      + " | ".join(f"{value:.4f}" for value in per_modality) + " |")
-    defaults = (StripOptions.csf_fraction, StripOptions.border_mm, StripOptions.opening_mm)
-    fraction, border, opening = choose_setting(mean_dice, defaults, args.tie)
-    lines += ["", f"Chosen: CSF fraction {fraction:g}, border {border:g} mm, opening {opening:g} mm "
-              f"(mean Dice {mean_dice[(fraction, border, opening)]:.4f}; the highest, with settings within "
-              f"{args.tie:g} of it tied and going to the one nearest the defaults ({defaults[0]:g}, "
-              f"{defaults[1]:g}, {defaults[2]:g}), CSF fraction first)."]
+    defaults = (StripOptions.working_voxel_mm, StripOptions.csf_fraction, StripOptions.border_mm,
+                StripOptions.opening_mm)
+    chosen = choose_setting(mean_dice, defaults, args.tie)
+    voxel, fraction, border, opening = chosen
+    lines += ["", f"Chosen: working voxel {voxel:g} mm, CSF fraction {fraction:g}, border {border:g} mm, "
+              f"opening {opening:g} mm (mean Dice {mean_dice[chosen]:.4f}; the highest, with settings within "
+              f"{args.tie:g} of it tied and going to the one nearest the defaults "
+              f"({', '.join(f'{value:g}' for value in defaults)}), working voxel first, then CSF fraction)."]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

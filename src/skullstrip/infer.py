@@ -94,6 +94,12 @@ class StripOptions:
     # cut the poles of a large one). On heads with necks the first pass calls the skull
     # base brain: run18 0.9349 -> 0.9373 mean Dice, worst 0.888 -> 0.901 (docs/model.md)
     focus_mm: float = 112.0
+    # voxel size (mm) of the grid the network runs on. The network learnt 2 mm grids
+    # (``conform.WORKING_VOXEL_MM``) of BrainWeb heads, which are larger than most adults'
+    # (brain+CSF about 1/0.9 of theirs in each direction, training/README.md run46): a
+    # grid of v mm shows a head 2/v times its size, and the distances come back in mm.
+    # The focus box scales with it, so the network sees as many voxels as it learnt from
+    working_voxel_mm: float = conform.WORKING_VOXEL_MM
     # native-grid intensity rules (postprocess): in a CT in Hounsfield units drop mask
     # voxels outside the brain-tissue window (bone, air); keep the region of an image
     # that another tool already skull-stripped instead of shrinking it again
@@ -104,6 +110,9 @@ class StripOptions:
         # checked where options are made, so a batch refuses them once, before any scan
         if self.volumes not in ("mean", "first", "each"):
             raise ImageError(f"volumes must be mean, first or each, not {self.volumes!r}")
+        if not 1.0 <= self.working_voxel_mm <= 4.0:
+            raise ImageError(f"working_voxel_mm must lie in 1..4 mm (the network learnt 2), "
+                             f"not {self.working_voxel_mm}")
         if not 0.0 <= self.csf_fraction <= 1.0:
             raise ImageError(f"csf_fraction must lie in 0..1 (0: no CSF, 1: all of it), not {self.csf_fraction}")
 
@@ -266,7 +275,7 @@ def predict_distance(volume: np.ndarray, affine: np.ndarray, model: Model, optio
     timings = {} if timings is None else timings
     diagnostics = {} if diagnostics is None else diagnostics
     clock = time.perf_counter()
-    reduced, reduced_affine = conform.reduce_to_working_resolution(volume, affine)
+    reduced, reduced_affine = conform.reduce_to_working_resolution(volume, affine, options.working_voxel_mm)
     finite = np.isfinite(reduced)
     if not finite.all():  # NaN/Inf become background (a new array: the input stays untouched)
         reduced = np.where(finite, reduced, reduced[finite].min() if finite.any() else 0.0)
@@ -298,7 +307,8 @@ def focus_box(cleaned: np.ndarray, grid_affine: np.ndarray, head: tuple[np.ndarr
     if not inside.any():
         return None
     centre = conform.apply_affine(grid_affine, np.asarray([ndi.center_of_mass(inside)]))[0]
-    low, high = centre - options.focus_mm, centre + options.focus_mm
+    half_size = options.focus_mm * options.working_voxel_mm / conform.WORKING_VOXEL_MM
+    low, high = centre - half_size, centre + half_size
     if head is None:  # no head box: the first pass saw the whole (RAS) grid, first to last voxel
         ends = conform.apply_affine(grid_affine, np.array([np.zeros(3), np.subtract(cleaned.shape, 1)]))
         head = ends[0], ends[1]
@@ -313,16 +323,19 @@ def _predict_in_box(reduced: np.ndarray, reduced_affine: np.ndarray, native_shap
                     diagnostics: dict[str, float]) -> tuple[np.ndarray, conform.WorkingGrid]:
     """One network pass on the working grid over ``box``: the cleaned distance and the grid."""
     clock = time.perf_counter()
-    grid = conform.working_grid_for(native_shape, native_affine, box)
+    voxel_mm = options.working_voxel_mm
+    grid = conform.working_grid_for(native_shape, native_affine, box, voxel_mm)
     working = conform.resample(reduced, reduced_affine, grid.shape, grid.affine, order=1, cval=float(reduced.min()),
-                               prefilter_sigma_vox=conform.antialias_sigma(reduced_affine, conform.WORKING_VOXEL_MM))
+                               prefilter_sigma_vox=conform.antialias_sigma(reduced_affine, voxel_mm))
     working = conform.normalize_intensity(working, model.input_normalisation)
     timings["conform"] = timings.get("conform", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    distance = _surface_distance(model.predict(working), options)
+    # the network measures in its 2 mm voxels; on a grid of other voxels, rescale to mm
+    to_mm = np.float32(voxel_mm / conform.WORKING_VOXEL_MM)
+    distance = _surface_distance(model.predict(working), options) * to_mm
     if options.flip_check or options.mirror_average:  # working grids are RAS: axis 0 is left-right
-        mirrored = _surface_distance(model.predict(np.ascontiguousarray(working[::-1])), options)[::-1]
+        mirrored = _surface_distance(model.predict(np.ascontiguousarray(working[::-1])), options)[::-1] * to_mm
         if options.flip_check:
             inside, inside_mirrored = distance < options.border_mm, mirrored < options.border_mm
             diagnostics["flip_dice"] = float(2 * (inside & inside_mirrored).sum()
@@ -336,7 +349,7 @@ def _predict_in_box(reduced: np.ndarray, reduced_affine: np.ndarray, native_shap
     timings["model"] = timings.get("model", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cleaned = postprocess.clean_distance_map(distance, options.border_mm, options.opening_mm, conform.WORKING_VOXEL_MM)
+    cleaned = postprocess.clean_distance_map(distance, options.border_mm, options.opening_mm, voxel_mm)
     timings["postprocess"] = timings.get("postprocess", 0) + time.perf_counter() - clock
     return cleaned, grid
 
@@ -540,6 +553,7 @@ def _provenance(image_path: str, result: Result, options: StripOptions, outputs:
                        "csf_fraction": options.csf_fraction, "volumes": options.volumes, "fill": options.fill,
                        "threads": options.threads, "device": options.device, "flip_check": options.flip_check,
                        "mirror_average": options.mirror_average, "focus_mm": options.focus_mm,
+                       "working_voxel_mm": options.working_voxel_mm,
                        "ct_window": options.ct_window,
                        "keep_stripped": options.keep_stripped},
     }
