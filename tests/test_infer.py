@@ -290,3 +290,36 @@ def test_a_second_pass_on_the_brain_keeps_a_long_neck_out_of_the_mask(phantom, p
     assert focused.mask[:, :, :neck_slices].sum() <= one_pass.mask[:, :, :neck_slices].sum()
     assert focused.mask[:, :, :neck_slices].sum() < 0.01 * phantom.brain_mask.sum()
     assert dice(focused.mask[:, :, neck_slices:], phantom.brain_mask) > 0.9
+
+
+def _ball_network(working: np.ndarray) -> np.ndarray:
+    """A stand-in for the network: the signed distance to the bright ball it sees, in its
+    own units (2 mm voxels), for both outputs."""
+    from scipy import ndimage as ndi
+
+    inside = working > 0.5
+    voxels = ndi.distance_transform_edt(~inside) - ndi.distance_transform_edt(inside)
+    return np.stack([voxels, voxels]).astype(np.float32) * 2.0
+
+
+@pytest.mark.parametrize("voxel_mm", [1.6, 2.0, 2.5])
+def test_a_grid_of_other_voxels_gives_distances_in_mm(voxel_mm):
+    """On a grid of v mm the network's 2 mm units are rescaled, so the distance map and the
+    mask are those of the scanned object whatever grid the network ran on."""
+    shape, radius_mm = (120, 120, 120), 40.0
+    centre = (np.array(shape) - 1) / 2
+    true_mm = np.linalg.norm(np.indices(shape).T - centre, axis=-1).T - radius_mm  # 1 mm voxels
+    image = (true_mm < 0).astype(np.float32)
+    model = skullstrip.infer.Model(_ball_network, "ball", "", 0)
+    options = skullstrip.StripOptions(border_mm=0.0, opening_mm=0.0, mirror_average=False,
+                                      working_voxel_mm=voxel_mm)
+    sdt = skullstrip.infer.predict_distance(image, np.eye(4), model, options)
+    deep = (true_mm > -20) & (true_mm < -5)
+    assert np.abs(sdt[deep] - true_mm[deep]).mean() < 0.6 * voxel_mm / 2
+    ball_ml = (4 / 3) * np.pi * radius_mm**3 / 1000
+    assert abs((sdt < 0).sum() / 1000 - ball_ml) < 0.03 * ball_ml
+
+
+def test_working_voxel_outside_1_4_mm_is_refused(phantom, phantom_world_affine):
+    with pytest.raises(ImageError, match="working_voxel_mm"):
+        skullstrip.strip((phantom.image, phantom_world_affine), working_voxel_mm=0.5)
