@@ -76,6 +76,16 @@ def test_csf_fraction_reaches_the_sidecar_and_excludes_no_csf(tmp_path, phantom_
     assert code == 1 and "csf_fraction" in err and not (tmp_path / "third.nii.gz").exists()
 
 
+def test_working_voxel_reaches_the_sidecar_and_a_bad_one_is_refused(tmp_path, phantom_file, capsys):
+    import json
+
+    code, _, _ = run(["-i", phantom_file, "-m", tmp_path / "mask.nii.gz", "--working-voxel", "1.8"], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "mask.json").read_text())["parameters"]["working_voxel_mm"] == 1.8
+    code, _, err = run(["-i", phantom_file, "-m", tmp_path / "other.nii.gz", "--working-voxel", "0.2"], capsys)
+    assert code == 1 and "working_voxel_mm" in err and not (tmp_path / "other.nii.gz").exists()
+
+
 def test_no_output_requested_is_an_error(phantom_file, capsys):
     code, _, err = run(["-i", phantom_file], capsys)
     assert code == 1 and "nothing to write" in err

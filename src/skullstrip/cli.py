@@ -56,7 +56,7 @@ def _strip_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the prediction on the left-right mirrored scan (default on; "
                              "--no-mirror-average halves the model time)")
-    _add_focus_flag(parser)
+    _add_grid_flags(parser)
     _add_intensity_rule_flags(parser)
     parser.add_argument("--fill", type=float, default=None,
                         help="value of non-brain voxels in the stripped image (default: the image minimum, "
@@ -81,10 +81,14 @@ def _add_csf_flags(parser: argparse.ArgumentParser) -> None:
                             "it (default 0.25)")
 
 
-def _add_focus_flag(parser: argparse.ArgumentParser) -> None:
+def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focus", type=float, default=None, metavar="MM",
                         help="half-size of the box around the first pass's brain in which the network looks "
                              "again when the scan shows more (neck, body); 0: one pass (default: 112)")
+    parser.add_argument("--working-voxel", type=float, default=None, metavar="MM",
+                        help="voxel size of the grid the network runs on, 1-4 mm: a finer grid shows the head "
+                             "larger to the network (e.g. for a child's head), at (2/MM)^3 times the model time "
+                             "(default: the model's setting)")
 
 
 def _add_intensity_rule_flags(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +110,7 @@ def _run_strip(args: argparse.Namespace) -> int:
                            csf_fraction=args.csf_fraction, volumes=args.volumes, fill=args.fill,
                            threads=args.threads, device=args.device, model_path=args.model,
                            mirror_average=args.mirror_average, focus_mm=args.focus,
+                           working_voxel_mm=args.working_voxel,
                            ct_window=not args.no_ct_window, keep_stripped=not args.no_keep_stripped)
     result = strip_file(args.image, stripped_path=args.out, mask_path=args.mask, sdt_path=args.sdt,
                         json_path=None if args.no_json else (args.json or "auto"), options=options,
@@ -249,7 +254,7 @@ def _batch_parser() -> argparse.ArgumentParser:
                              "the mirrored pass and half the model time)")
     parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the mirrored-scan prediction (default on; free when the flip check runs)")
-    _add_focus_flag(parser)
+    _add_grid_flags(parser)
     _add_intensity_rule_flags(parser)
     parser.add_argument("-t", "--threads", type=int, default=None, help="threads per worker (default cores/jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -266,7 +271,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     options = options_with(border_mm=args.border, opening_mm=args.opening, no_csf=args.no_csf,
                            csf_fraction=args.csf_fraction, threads=args.threads,
                            flip_check=not args.no_flip_check, mirror_average=args.mirror_average,
-                           focus_mm=args.focus, ct_window=not args.no_ct_window,
+                           focus_mm=args.focus, working_voxel_mm=args.working_voxel,
+                           ct_window=not args.no_ct_window,
                            keep_stripped=not args.no_keep_stripped)
     split = [s.strip() for s in args.modality.split(",") if s.strip()]
     subjects = [s.strip() for s in args.subject.split(",") if s.strip()]
