@@ -87,8 +87,8 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
                              "again when the scan shows more (neck, body); 0: one pass (default: 112)")
     parser.add_argument("--working-voxel", type=float, default=None, metavar="MM",
                         help="voxel size of the grid the network runs on, 1-4 mm: a finer grid shows the head "
-                             "larger to the network (e.g. for a child's head), at (2/MM)^3 times the model time "
-                             "(default: the model's setting)")
+                             "larger to the network, at (2/MM)^3 times the model time (default: the model's "
+                             "setting, 2)")
 
 
 def _add_intensity_rule_flags(parser: argparse.ArgumentParser) -> None:
