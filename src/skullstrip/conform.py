@@ -1,7 +1,8 @@
 """Conform a scan to the model's working grid and bring predictions back.
 
 The network always sees the same kind of grid: RAS-oriented, isotropic voxels of
-``WORKING_VOXEL_MM``, cropped to the head and padded to a multiple of ``GRID_MULTIPLE``.
+``WORKING_VOXEL_MM`` (the size it learnt; ``StripOptions.working_voxel_mm`` can choose
+another), cropped to the head and padded to a multiple of ``GRID_MULTIPLE``.
 Everything is done with one affine resampling (``scipy.ndimage.affine_transform``), so
 any orientation, oblique or sheared affine and any voxel size goes through one code path,
 and the inverse step resamples the *continuous* network output (a signed distance) onto
