@@ -334,11 +334,9 @@ def _predict_in_box(reduced: np.ndarray, reduced_affine: np.ndarray, native_shap
     timings["conform"] = timings.get("conform", 0) + time.perf_counter() - clock
 
     clock = time.perf_counter()
-    # the network measures in its 2 mm voxels; on a grid of other voxels, rescale to mm
-    to_mm = np.float32(voxel_mm / conform.WORKING_VOXEL_MM)
-    distance = _surface_distance(model.predict(working), options) * to_mm
+    distance = _surface_distance(model.predict(working), options)
     if options.flip_check or options.mirror_average:  # working grids are RAS: axis 0 is left-right
-        mirrored = _surface_distance(model.predict(np.ascontiguousarray(working[::-1])), options)[::-1] * to_mm
+        mirrored = _surface_distance(model.predict(np.ascontiguousarray(working[::-1])), options)[::-1]
         if options.flip_check:
             inside, inside_mirrored = distance < options.border_mm, mirrored < options.border_mm
             diagnostics["flip_dice"] = float(2 * (inside & inside_mirrored).sum()
@@ -358,9 +356,14 @@ def _predict_in_box(reduced: np.ndarray, reduced_affine: np.ndarray, native_shap
 
 
 def _surface_distance(outputs: np.ndarray, options: StripOptions) -> np.ndarray:
-    """The distance to the surface the options ask for, from the network's two outputs."""
+    """The distance (mm) to the surface the options ask for, from the network's two outputs.
+
+    The network measures in its own 2 mm voxels; on a grid of other voxels the weights of
+    the mean also rescale to mm, so the conversion costs no pass of its own.
+    """
     fraction = 0.0 if options.no_csf else options.csf_fraction
-    return fraction * outputs[0] + (1.0 - fraction) * outputs[1]
+    to_mm = options.working_voxel_mm / conform.WORKING_VOXEL_MM
+    return np.float32(fraction * to_mm) * outputs[0] + np.float32((1.0 - fraction) * to_mm) * outputs[1]
 
 
 def apply_intensity_rules(sdt: np.ndarray, volume: np.ndarray, options: StripOptions,
