@@ -324,7 +324,7 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
         average.module.load_state_dict(state["ema"])
         average.n_averaged.fill_(state["ema_updates"])
     shipped = model if average is None else average.module
-    (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
 
     train_paths, validation_paths = split_label_maps(labels_dir, config.validation_subjects)
     synth_config = config.synth_config()
