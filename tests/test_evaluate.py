@@ -105,6 +105,15 @@ def test_report_with_two_methods(tmp_path):
     assert len(evaluate.read_case_csv(tmp_path / "report" / "cases.csv")) == 12
 
 
+def test_paired_wilcoxon_p():
+    # Six differences of one sign: the exact two-sided p is 2 / 2**6.
+    assert evaluate.paired_wilcoxon_p([0.01, 0.02, 0.03, 0.04, 0.05, 0.06]) == pytest.approx(2 / 64)
+    assert evaluate.paired_wilcoxon_p([-0.01, -0.02, -0.03, -0.04, -0.05, -0.06]) == pytest.approx(2 / 64)
+    # Balanced signs are no evidence at all; identical runs have nothing to test.
+    assert evaluate.paired_wilcoxon_p([0.01, -0.01, 0.02, -0.02, 0.03, -0.03]) == pytest.approx(1.0)
+    assert evaluate.paired_wilcoxon_p([0.0] * 6) == 1.0
+
+
 def test_missing_masks_are_reported_not_fatal(tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("case,modality,image,mask\nonly,T1w,a.nii.gz,a.nii.gz\n")

@@ -322,8 +322,6 @@ def _stat_cell(values: Sequence[float]) -> str:
 
 def wilcoxon_lines(rows: list[dict], methods: list[str], modalities: list[str]) -> list[str]:
     """Paired two-sided Wilcoxon signed-rank tests of Dice between each pair of methods."""
-    from scipy.stats import wilcoxon
-
     if len(methods) < 2:
         return []
     lines = ["## Paired Wilcoxon signed-rank tests (Dice)", "",
@@ -336,9 +334,18 @@ def wilcoxon_lines(rows: list[dict], methods: list[str], modalities: list[str]) 
                     lines.append(f"| {a} | {b} | {modality} | {len(pairs)} | – | – |")
                     continue
                 differences = np.array([x - y for x, y in pairs])
-                p = 1.0 if np.allclose(differences, 0) else float(wilcoxon(differences).pvalue)
+                p = paired_wilcoxon_p(differences)
                 lines.append(f"| {a} | {b} | {modality} | {len(pairs)} | {np.median(differences):+.4f} | {p:.3g} |")
     return lines + [""]
+
+
+def paired_wilcoxon_p(differences: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired differences (1 when all are zero,
+    where scipy's test is undefined)."""
+    from scipy.stats import wilcoxon
+
+    differences = np.asarray(differences, dtype=float)
+    return 1.0 if np.allclose(differences, 0) else float(wilcoxon(differences).pvalue)
 
 
 def _paired(rows: list[dict], a: str, b: str, modality: str) -> list[tuple[float, float]]:
