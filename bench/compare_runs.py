@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
 
+    names = [entry.partition("=")[0] for entry in args.references]
+    if args.shipped is not None and args.shipped not in names:
+        raise SystemExit(f"--shipped {args.shipped!r} names none of the references {names}")
     candidate = dice_by_case(args.candidate)
     lines = [f"# {args.candidate} against other weights, paired by case", ""]
     for entry in args.references:
