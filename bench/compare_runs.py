@@ -77,15 +77,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
 
-    names = [entry.partition("=")[0] for entry in args.references]
-    if args.shipped is not None and args.shipped not in names:
-        raise SystemExit(f"--shipped {args.shipped!r} names none of the references {names}")
+    references = dict(entry.partition("=")[::2] for entry in args.references)
+    malformed = [name for name, path in references.items() if not path]
+    if malformed:
+        raise SystemExit(f"a reference is NAME=CSV, not {malformed[0]!r}")
+    if args.shipped is not None and args.shipped not in references:
+        raise SystemExit(f"--shipped {args.shipped!r} names none of the references {list(references)}")
     candidate = dice_by_case(args.candidate)
     lines = [f"# {args.candidate} against other weights, paired by case", ""]
-    for entry in args.references:
-        name, _, path = entry.partition("=")
-        if not path:
-            raise SystemExit(f"a reference is NAME=CSV, not {entry!r}")
+    for name, path in references.items():
         reference = dice_by_case(Path(path))
         table, p = comparison(candidate, reference, name)
         lines += table
