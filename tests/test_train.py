@@ -19,6 +19,7 @@ from skullstrip.train import (  # noqa: E402
     TrainConfig,
     _TrainingAnatomies,
     average_checkpoints,
+    compute_precision,
     contrast_consistency,
     export_weights,
     initialise_from,
@@ -342,3 +343,27 @@ def test_bfloat16_precision_rounds_the_same_network_and_trains(tmp_path, label_d
     assert TrainConfig.load(tmp_path / "bf16" / "config.json").precision == "bfloat16"
     weights = torch.load(checkpoint, weights_only=False)["model"]
     assert all(tensor.dtype == torch.float32 for tensor in weights.values())  # mixed, not half, precision
+
+
+def test_bfloat16_falls_back_to_float32_on_a_cpu_without_bfloat16_units(tmp_path, label_dir, monkeypatch, capsys):
+    assert compute_precision("bfloat16", native_bfloat16=True) == "bfloat16"
+    assert compute_precision("bfloat16", native_bfloat16=False) == "float32"
+    assert compute_precision("float32", native_bfloat16=True) == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        compute_precision("float16", native_bfloat16=True)
+
+    monkeypatch.setattr("skullstrip.train.cpu_has_bfloat16", lambda: False)
+    used = []
+
+    def recording_forward(model, image, precision):
+        used.append(precision)
+        return training_forward(model, image, precision)
+
+    monkeypatch.setattr("skullstrip.train.training_forward", recording_forward)
+    config = replace(tiny_config(2), precision="bfloat16")
+    config.model = ModelConfig(core_channels=4, stem_channels=2, fine_channels=3).to_dict()
+    train(label_dir, tmp_path / "fallback", config, progress=False)
+    assert used == ["float32", "float32"]
+    assert "no bfloat16 units" in capsys.readouterr().out
+    # the recipe on disk is still the recipe asked for: a CPU with bfloat16 units uses it
+    assert TrainConfig.load(tmp_path / "fallback" / "config.json").precision == "bfloat16"
