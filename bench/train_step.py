@@ -1,13 +1,15 @@
 """Time one training step (forward, loss, backward, Adam) per memory layout and precision.
 
 Usage: python bench/train_step.py [--config training/runN/config.json ...] [--n 5] [--rounds 2]
-                                  [--size 88 | --labels ../shared/data/labelmaps/brainweb]
+                                  [--size 88[,72,...] | --labels ../shared/data/labelmaps/brainweb]
 Writes bench/results/train_step.md. Each recipe's network takes the same ``--n`` crops,
 batch 1, with the recipe's thread count, three ways from the same weights: PyTorch's
 default contiguous tensors in float32, channels-last 3D tensors (``train.TRAINING_LAYOUT``)
 in float32, and channels-last under bfloat16 autocast (``TrainConfig.precision``); the
-variants alternate so that a change in the machine's load falls on all of them.
-The crops are random ``--size``^3 volumes, or with ``--labels`` the recipe's own first
+variants alternate so that a change in the machine's load falls on all of them. On a CPU
+without bfloat16 units (``train.cpu_has_bfloat16``) the bfloat16 variant is not timed: it
+runs in reference kernels there (about 150 s a step) and the trainer never uses it.
+The crops are random ``--size``^3 volumes (one row per size), or with ``--labels`` the recipe's own first
 training samples (its generator and crop sizes, made before the clock starts, so the
 generator's time is not counted). The difference columns are the largest difference
 between a variant's prediction on the first crop and the contiguous float32 one (in
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from skullstrip.model import ModelConfig, StripNet, count_parameters
 from skullstrip.train import (
     TRAINING_LAYOUT,
     TrainConfig,
+    cpu_has_bfloat16,
     loss_function,
     split_label_maps,
     to_tensors,
@@ -40,6 +44,15 @@ from skullstrip.train import (
 VARIANTS = {"contiguous": (torch.contiguous_format, "float32"),
             "channels-last": (TRAINING_LAYOUT, "float32"),
             "channels-last bf16": (TRAINING_LAYOUT, "bfloat16")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` is empty on Linux)."""
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    return found.group(1).strip() if found else platform.processor() or "unknown CPU"
 
 
 def random_crops(size: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -80,10 +93,32 @@ def step_seconds(model: StripNet, crops: list[tuple[torch.Tensor, torch.Tensor]]
     return (time.perf_counter() - clock) / len(crops)
 
 
+def time_variants(base: StripNet, crops: list[tuple[torch.Tensor, torch.Tensor]],
+                  variants: dict[str, tuple[torch.memory_format, str]], rounds: int) -> str:
+    """The table cells after the parameter count: mean crop, best s/step per variant, speed-ups, differences."""
+    mean_voxels = sum(image.numel() for image, _ in crops) / len(crops)
+    models = {name: copy.deepcopy(base).to(memory_format=layout) for name, (layout, _) in variants.items()}
+    with torch.no_grad():
+        outputs = {name: prediction(models[name], crops[0][0], *variant) for name, variant in variants.items()}
+    differences = {name: float((outputs[name] - outputs["contiguous"]).abs().max()) for name in variants}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, variant in variants.items():
+            seconds[name].append(step_seconds(models[name], crops, *variant))
+    best = {name: min(values) for name, values in seconds.items()}
+    bf16 = "channels-last bf16"
+    return (f"{mean_voxels ** (1 / 3):.0f}³ | "
+            + " | ".join(f"{best[name]:.2f}" if name in best else "–" for name in VARIANTS)
+            + f" | {best['contiguous'] / best['channels-last']:.2f}"
+            + (f" | {best['channels-last'] / best[bf16]:.2f}" if bf16 in best else " | –")
+            + f" | {differences['channels-last']:.1e} | "
+            + (f"{differences[bf16]:.1e} |" if bf16 in differences else "– |"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", action="append", help="training recipe(s); default: run37's")
-    parser.add_argument("--size", type=int, default=88, help="edge of the random crops in voxels")
+    parser.add_argument("--size", default="88", help="edge(s) of the random crops in voxels, comma-separated")
     parser.add_argument("--labels", help="BrainWeb label maps: time the recipe's own samples instead")
     parser.add_argument("--n", type=int, default=5, help="timed steps per layout and round")
     parser.add_argument("--rounds", type=int, default=2)
@@ -91,6 +126,9 @@ def main() -> None:
     args = parser.parse_args()
     configs = args.config or ["training/run37/config.json"]
 
+    sizes = [int(size) for size in args.size.split(",")]
+    variants = {name: variant for name, variant in VARIANTS.items()
+                if variant[1] != "bfloat16" or cpu_has_bfloat16()}
     rows = []
     for path in configs:
         recipe = TrainConfig.load(path)
@@ -99,31 +137,20 @@ def main() -> None:
         base = StripNet(ModelConfig.from_dict(recipe.model))
         for parameter in base.parameters():  # zero-initialised residual scales would hide the core
             parameter.data.normal_(0.0, 0.05)
-        crops = recipe_crops(recipe, args.labels, args.n) if args.labels else random_crops(args.size, args.n)
-        mean_voxels = sum(image.numel() for image, _ in crops) / len(crops)
-        models = {name: copy.deepcopy(base).to(memory_format=layout) for name, (layout, _) in VARIANTS.items()}
-        with torch.no_grad():
-            outputs = {name: prediction(models[name], crops[0][0], *variant) for name, variant in VARIANTS.items()}
-        differences = {name: float((outputs[name] - outputs["contiguous"]).abs().max()) for name in VARIANTS}
-        seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        for _ in range(args.rounds):
-            for name, variant in VARIANTS.items():
-                seconds[name].append(step_seconds(models[name], crops, *variant))
-        best = {name: min(values) for name, values in seconds.items()}
-        rows.append(f"| {path} | {count_parameters(base):,} | {mean_voxels ** (1 / 3):.0f}³ | "
-                    + " | ".join(f"{best[name]:.2f}" for name in VARIANTS)
-                    + f" | {best['contiguous'] / best['channels-last']:.2f}"
-                    + f" | {best['channels-last'] / best['channels-last bf16']:.2f}"
-                    + f" | {differences['channels-last']:.1e} | {differences['channels-last bf16']:.1e} |")
-        print(rows[-1], flush=True)
+        for crops in ([recipe_crops(recipe, args.labels, args.n)] if args.labels
+                      else [random_crops(size, args.n) for size in sizes]):
+            rows.append(f"| {path} | {count_parameters(base):,} | " + time_variants(base, crops, variants, args.rounds))
+            print(rows[-1], flush=True)
 
     crops_text = (f"the recipe's first {args.n} training samples (`--labels {args.labels}`)" if args.labels
-                  else f"{args.n} random {args.size}³ crops")
+                  else f"{args.n} random crops of each size")
     lines = ["# Training step time per memory layout and precision", "",
              f"Command: `python bench/train_step.py {' '.join('--config ' + c for c in configs)} "
              + (f"--labels {args.labels} " if args.labels else f"--size {args.size} ")
              + f"--n {args.n} --rounds {args.rounds}`",
-             f"Machine: {platform.machine()}, torch {torch.__version__}. One step = forward, loss, backward "
+             f"Machine: {cpu_model()} ({platform.machine()}), bfloat16 units: "
+             f"{'yes' if cpu_has_bfloat16() else 'no (bfloat16 not timed)'}, torch {torch.__version__}. "
+             "One step = forward, loss, backward "
              f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's "
              "threads. Generator time is not counted.", "",
              "| recipe | parameters | mean crop | contiguous s/step | channels-last s/step "
