@@ -94,7 +94,12 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_minutes: float = 5.0
     threads: int = 2
-    workers: int = 1
+    # processes making samples beside the training process; the sample sequence is the same
+    # for any number. 0 on two cores: a worker takes a core from the convolutions, and the
+    # generator (0.3 s a sample) costs less than that. run49's recipe on a 2-core AMD EPYC
+    # in float32: 2.85 s a step with 0, 3.62 with 1 (session 48); on the session-30 machine
+    # 1.93 against 2.04 (training/README.md)
+    workers: int = 0
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     synth: dict = field(default_factory=dict)  # overrides of SynthConfig fields
     # atrophy of each BrainWeb subject, drawn from these thicknesses (synth.atrophy);
