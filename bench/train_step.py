@@ -127,8 +127,8 @@ def main() -> None:
     configs = args.config or ["training/run37/config.json"]
 
     sizes = [int(size) for size in args.size.split(",")]
-    variants = {name: variant for name, variant in VARIANTS.items()
-                if variant[1] != "bfloat16" or cpu_has_bfloat16()}
+    native_bfloat16 = cpu_has_bfloat16()
+    variants = {name: variant for name, variant in VARIANTS.items() if variant[1] != "bfloat16" or native_bfloat16}
     rows = []
     for path in configs:
         recipe = TrainConfig.load(path)
@@ -137,9 +137,10 @@ def main() -> None:
         base = StripNet(ModelConfig.from_dict(recipe.model))
         for parameter in base.parameters():  # zero-initialised residual scales would hide the core
             parameter.data.normal_(0.0, 0.05)
+        parameters = count_parameters(base)
         for crops in ([recipe_crops(recipe, args.labels, args.n)] if args.labels
                       else [random_crops(size, args.n) for size in sizes]):
-            rows.append(f"| {path} | {count_parameters(base):,} | " + time_variants(base, crops, variants, args.rounds))
+            rows.append(f"| {path} | {parameters:,} | " + time_variants(base, crops, variants, args.rounds))
             print(rows[-1], flush=True)
 
     crops_text = (f"the recipe's first {args.n} training samples (`--labels {args.labels}`)" if args.labels
@@ -149,7 +150,7 @@ def main() -> None:
              + (f"--labels {args.labels} " if args.labels else f"--size {args.size} ")
              + f"--n {args.n} --rounds {args.rounds}`",
              f"Machine: {cpu_model()} ({platform.machine()}), bfloat16 units: "
-             f"{'yes' if cpu_has_bfloat16() else 'no (bfloat16 not timed)'}, torch {torch.__version__}. "
+             f"{'yes' if native_bfloat16 else 'no (bfloat16 not timed)'}, torch {torch.__version__}. "
              "One step = forward, loss, backward "
              f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's "
              "threads. Generator time is not counted.", "",
