@@ -367,3 +367,28 @@ def test_bfloat16_falls_back_to_float32_on_a_cpu_without_bfloat16_units(tmp_path
     assert "no bfloat16 units" in capsys.readouterr().out
     # the recipe on disk is still the recipe asked for: a CPU with bfloat16 units uses it
     assert TrainConfig.load(tmp_path / "fallback" / "config.json").precision == "bfloat16"
+
+
+def test_small_crops_before_small_crop_steps_then_full_crops_and_resume_continues(label_dir):
+    config = replace(tiny_config(1), small_crop_steps=3, small_crop_range=[16, 24],
+                     synth={"shape_range": [32, 40], "voxel_mm": 4.0, "modality_weights": {"ct": 1.0}})
+    paths = sorted(label_dir.iterdir())
+
+    def stream(first_step: int):
+        return iter(SyntheticStream(_TrainingAnatomies(paths, 0, 1), config.synth_config(), seed=5,
+                                    first_step=first_step, small_crop_config=config.small_crop_synth_config(),
+                                    small_crop_steps=config.small_crop_steps))
+
+    from_start = stream(0)
+    images = [next(from_start)["image"] for _ in range(6)]
+    assert all(16 <= n <= 24 for image in images[:3] for n in image.shape[2:])
+    assert all(32 <= n <= 40 for image in images[3:] for n in image.shape[2:])
+    resumed = stream(2)
+    for step in (2, 3):
+        torch.testing.assert_close(next(resumed)["image"], images[step])
+    assert config.synth_config().shape_range == (32, 40)  # validation keeps the full crops
+
+
+def test_small_crop_steps_need_a_range():
+    with pytest.raises(ValueError, match="small_crop_range"):
+        TrainConfig(small_crop_steps=10)

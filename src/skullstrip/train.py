@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,13 @@ class TrainConfig:
     workers: int = 0
     model: dict = field(default_factory=lambda: ModelConfig().to_dict())
     synth: dict = field(default_factory=dict)  # overrides of SynthConfig fields
+    # coarse to fine: the training steps before ``small_crop_steps`` draw each crop axis
+    # from ``small_crop_range`` (voxels, multiples of 4) instead of ``synth``'s
+    # shape_range, so the early high-rate steps learn local features on crops of about
+    # half the voxels and the later ones the whole-head context; validation keeps the full
+    # crops. 0 keeps every crop at shape_range, as in the runs before run50
+    small_crop_steps: int = 0
+    small_crop_range: list[int] | None = None
     # atrophy of each BrainWeb subject, drawn from these thicknesses (synth.atrophy);
     # run3 used [0, 0, 1, 2] and its network then took bright scalp fat for CSF on T2/T1
     atrophy_mm: list[int] = field(default_factory=lambda: [0])
@@ -131,6 +138,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.small_crop_steps and self.small_crop_range is None:
+            raise ValueError("small_crop_steps needs small_crop_range, the [low, high] voxels of the small crops")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -151,6 +160,12 @@ class TrainConfig:
         values["input_normalisation"] = ModelConfig.from_dict(self.model).input_normalisation
         return synth.config_with(**values)
 
+    def small_crop_synth_config(self) -> synth.SynthConfig | None:
+        """The generator's settings for the steps before ``small_crop_steps``, or None."""
+        if not self.small_crop_steps:
+            return None
+        return replace(self.synth_config(), shape_range=tuple(self.small_crop_range))
+
     def learning_rate_at(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
@@ -167,22 +182,31 @@ class SyntheticStream(IterableDataset):
     A batch is one sample, or with ``twins`` an MRI sample and its contrast twin (the
     same head in another contrast). Each worker process loads the anatomies once, then
     takes every n-th step, so the sequence does not depend on the number of workers.
+    Steps before ``small_crop_steps`` are made with ``small_crop_config`` (coarse to fine,
+    :attr:`TrainConfig.small_crop_steps`); the step decides, so a resumed run continues
+    the same sequence.
     """
 
     def __init__(self, anatomy_factory: Callable[[], list[synth.Anatomy]], config: synth.SynthConfig,
-                 seed: int, first_step: int, twins: bool = False) -> None:
+                 seed: int, first_step: int, twins: bool = False,
+                 small_crop_config: synth.SynthConfig | None = None, small_crop_steps: int = 0) -> None:
         self.anatomy_factory = anatomy_factory
         self.config = config
         self.seed = seed
         self.first_step = first_step
         self.twins = twins
+        self.small_crop_config = small_crop_config
+        self.small_crop_steps = small_crop_steps if small_crop_config is not None else 0
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        generator = synth.SyntheticHeads(self.anatomy_factory(), self.config)
+        anatomies = self.anatomy_factory()
+        full_crops = synth.SyntheticHeads(anatomies, self.config)
+        small_crops = synth.SyntheticHeads(anatomies, self.small_crop_config or self.config)
         step = self.first_step + worker
         while True:
+            generator = small_crops if step < self.small_crop_steps else full_crops
             samples = [generator.sample(self.seed + step)]
             if self.twins and samples[0].modality == "mri":
                 samples.append(generator.contrast_twin(self.seed + step, samples[0].contrast))
@@ -355,7 +379,9 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     anatomies = _TrainingAnatomies(train_paths, config.procedural_heads, config.seed, config.atrophy_mm,
                                    config.neck_junction_mm)
     stream = SyntheticStream(anatomies, synth_config, config.seed, step,
-                             twins=config.contrast_consistency_weight > 0)
+                             twins=config.contrast_consistency_weight > 0,
+                             small_crop_config=config.small_crop_synth_config(),
+                             small_crop_steps=config.small_crop_steps)
     loader = DataLoader(stream, batch_size=None, num_workers=config.workers,
                         persistent_workers=config.workers > 0, prefetch_factor=2 if config.workers else None)
     log = _CsvLog(out_dir / "log.csv")
