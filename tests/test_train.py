@@ -19,6 +19,7 @@ from skullstrip.train import (  # noqa: E402
     TrainConfig,
     _TrainingAnatomies,
     average_checkpoints,
+    axis_order,
     compute_precision,
     contrast_consistency,
     export_weights,
@@ -392,3 +393,24 @@ def test_small_crops_before_small_crop_steps_then_full_crops_and_resume_continue
 def test_small_crop_steps_need_a_range():
     with pytest.raises(ValueError, match="small_crop_range"):
         TrainConfig(small_crop_steps=10)
+
+
+def test_training_forward_turns_a_crop_that_would_leave_onednn_and_computes_the_same_network():
+    assert axis_order((68, 68, 88), 16) == (2, 0, 1)
+    assert axis_order((88, 68, 68), 16) == (0, 1, 2)
+    assert axis_order((72, 72, 112), 16) == (0, 1, 2)  # 16 * 36 * 36 > 20480: oneDNN already
+    assert axis_order((12, 16, 20), 4) == (2, 1, 0)
+    torch.manual_seed(0)
+    network = StripNet(ModelConfig(**SMALL, global_context=True))
+    for parameter in network.parameters():  # the zero-initialised scales would hide the deeper layers
+        torch.nn.init.normal_(parameter, std=0.1)
+    image = torch.randn(1, 1, 12, 16, 20)  # the turned order is (2, 1, 0)
+    turned = training_forward(network, image)
+    plain = network(image)
+    torch.testing.assert_close(turned, plain, rtol=1e-4, atol=1e-5)
+    turned.square().sum().backward()
+    gradients = [p.grad.clone() for p in network.parameters()]
+    network.zero_grad()
+    plain.square().sum().backward()
+    for turned_gradient, parameter in zip(gradients, network.parameters(), strict=True):
+        torch.testing.assert_close(turned_gradient, parameter.grad, rtol=1e-3, atol=1e-5)

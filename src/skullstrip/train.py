@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.func import functional_call
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from skullstrip import synth
@@ -45,6 +46,9 @@ OFFSET_BAND_MM = 6.0
 # step of run38's network on its own training crops takes 1.39 s instead of 2.28 s here, the
 # same numbers to float rounding (bench/train_step.py, bench/results/train_step.md)
 TRAINING_LAYOUT = torch.channels_last_3d
+# at batch 1 PyTorch's CPU convolution uses oneDNN for a 3x3x3 kernel only when the input's
+# N*C*X*Y exceeds this (aten use_mkldnn; "for some case, native is faster"), see axis_order
+ONEDNN_MIN_INPUT = 20480
 # compute precision of the network's forward and backward passes (TrainConfig.precision).
 # bfloat16 autocast runs the convolutions on the CPU's bfloat16 units (AMX, avx512_bf16);
 # the weights, Adam, the moving average and the loss stay float32 (bench/train_step.py)
@@ -229,11 +233,36 @@ def training_forward(model: StripNet, image: torch.Tensor, precision: str = "flo
     Under bfloat16 autocast the convolutions compute in bfloat16 and keep float32 weights
     (mixed precision, Micikevicius et al., ICLR 2018, with bfloat16's float32 range so no
     loss scaling is needed); the loss is computed on the float32 cast of the prediction.
+    A crop on which the CPU convolution would leave oneDNN goes through the network
+    turned, its two largest axes first and the kernels' axes permuted alike
+    (:func:`axis_order`): the same function, because every layer is isotropic.
     """
     check_precision(precision)
+    order = axis_order(image.shape[2:], model.config.core_channels)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-        prediction = model(image.to(memory_format=TRAINING_LAYOUT))
-    return prediction.float()
+        if order == (0, 1, 2):
+            return model(image.to(memory_format=TRAINING_LAYOUT)).float()
+        dims = (0, 1, *(2 + axis for axis in order))
+        # the 3x3x3 kernels (out, in, x, y, z) turn with the image; the other parameters stay
+        turned = {name: p.permute(dims) if p.dim() == 5 else p for name, p in model.named_parameters()}
+        prediction = functional_call(model, turned, (image.permute(dims).contiguous(memory_format=TRAINING_LAYOUT),))
+    return prediction.permute(tuple(int(i) for i in np.argsort(dims))).float()
+
+
+def axis_order(shape: Sequence[int], core_channels: int) -> tuple[int, int, int]:
+    """The order of a crop's spatial axes for the training step: as it is, or largest first.
+
+    Why: at batch 1 PyTorch's CPU convolution takes oneDNN for a 3x3x3 kernel only when
+    N*C*X*Y (the input without its last axis) exceeds ``ONEDNN_MIN_INPUT``, and otherwise
+    its reference kernels at about three times the cost. The core runs on the 4 mm grid,
+    so a crop whose first two axes are small (68x68x88: 3.8 s a step, 88x68x68: 1.2 s, on
+    a 2-core AMD EPYC; training/README.md, run50) pays that in every core layer. The
+    other crops keep their order, so their steps compute exactly as before.
+    """
+    core_x, core_y = ((n + 1) // 2 for n in shape[:2])
+    if core_channels * core_x * core_y > ONEDNN_MIN_INPUT:
+        return (0, 1, 2)
+    return tuple(sorted(range(3), key=lambda axis: -shape[axis]))
 
 
 def _surface_weight(sdt_mm: torch.Tensor) -> torch.Tensor:
