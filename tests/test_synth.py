@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from skullstrip import synth
-from tests.conftest import dice
+from tests.conftest import SHARED_DATA, dice, needs_shared
 
 SMALL = synth.config_with(shape=(48, 48, 48), voxel_mm=3.0)
 
@@ -626,3 +626,58 @@ def test_marrow_contrast_changes_the_image_of_the_same_head_only(procedural_anat
     np.testing.assert_array_equal(dark.sdt_nocsf, bright.sdt_nocsf)
     assert dark.contrast == bright.contrast == "t2"
     assert bright.image.mean() > dark.image.mean()
+
+
+def toy_head_with_eyes(separation: int = 64, eye_radius: int = 11) -> np.ndarray:
+    """A 1 mm RAS head: brain ball, skull shell, scalp, and two muscle/skin globes in orbital fat."""
+    shape = (180, 200, 170)
+    x, y, z = np.indices(shape, sparse=True)
+    labels = np.zeros(shape, dtype=np.uint8)
+    head = (x - 90) ** 2 + (y - 100) ** 2 + (z - 90) ** 2
+    labels[head <= 80**2] = synth.SKIN
+    labels[head <= 77**2] = synth.SKULL
+    labels[head <= 72**2] = synth.CSF
+    labels[head <= 69**2] = synth.GM
+    labels[head <= 60**2] = synth.WM
+    # the orbits: fat in front of and below the brain's centre, each with a globe
+    for side in (-1, 1):
+        cx = 90 + side * separation // 2
+        orbit = (x - cx) ** 2 + (y - 172) ** 2 + (z - 50) ** 2
+        labels[(orbit <= (eye_radius + 5) ** 2) & (head > 72**2)] = synth.FAT
+        labels[(orbit <= eye_radius**2) & (head > 72**2)] = synth.SKIN
+    return labels
+
+
+def test_fluid_eyes_turn_both_globes_into_fluid_outside_the_brain_targets():
+    labels = toy_head_with_eyes()
+    globes = synth.find_eye_globes(labels)
+    assert ndi.label(globes)[1] == 2
+    assert 2 * 3000 < globes.sum() < 2 * 6500  # two balls of about 11 mm radius, cut by the skull
+    assert (labels[globes] == synth.SKIN).all()
+    fluid = synth.fluid_eyes(labels)
+    assert (fluid[globes] == synth.CSF).all() and (fluid[~globes] == labels[~globes]).all()
+    brain, nocsf = synth.brain_masks_from_labels(fluid)
+    before, _ = synth.brain_masks_from_labels(labels)
+    np.testing.assert_array_equal(brain, before)  # the targets do not take the eyes
+    assert not (brain & globes).any() and not (nocsf & globes).any()
+
+
+def test_no_globes_where_the_orbits_hold_nothing_eye_sized():
+    assert not synth.find_eye_globes(toy_head_with_eyes(eye_radius=4)).any()  # too small for a globe
+    assert not synth.find_eye_globes(toy_head_with_eyes(separation=20)).any()  # not two orbits apart
+    labels = toy_head_with_eyes()
+    np.testing.assert_array_equal(synth.fluid_eyes(np.where(labels == synth.SKIN, synth.FAT, labels)),
+                                  np.where(labels == synth.SKIN, synth.FAT, labels))
+
+
+@needs_shared
+def test_brainweb_eyes_are_two_globes_in_the_orbits():
+    path = sorted((SHARED_DATA / "labelmaps" / "brainweb").glob("*.nii.gz"))[0]
+    labels = synth.load_label_map(path)
+    globes = synth.find_eye_globes(labels)
+    parts, n = ndi.label(globes)
+    assert n == 2
+    volumes_ml = ndi.sum(globes, parts, [1, 2]) / 1000
+    assert all(2.5 < v < 12 for v in volumes_ml)
+    centres = ndi.center_of_mass(globes, parts, [1, 2])
+    assert 45 < abs(centres[0][0] - centres[1][0]) < 95

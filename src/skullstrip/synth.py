@@ -222,6 +222,69 @@ def brain_masks_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return brain, nocsf & brain
 
 
+# an adult eyeball is about 24 mm across; a deepest point of the muscle/skin label
+# shallower or deeper than these is not a globe
+EYE_RADIUS_MM = (7.0, 16.0)
+# the two globes' centres lie about 60-70 mm apart from left to right
+EYE_SEPARATION_MM = (45.0, 95.0)
+
+
+def find_eye_globes(labels: np.ndarray) -> np.ndarray:
+    """The two eyeballs of a 1 mm RAS BrainWeb-style label map (empty if not found).
+
+    BrainWeb labels each globe as muscle/skin, a ball about 24 mm across in the orbital
+    fat in front of and below the brain. Per side (left and right of the brain's centre),
+    the muscle/skin voxel deepest inside its label in the quarter of the map in front of
+    and below the brain's centre is the globe's centre and its depth the radius; the globe
+    is the muscle/skin within that radius (+1 mm). Both globes must have plausible radii
+    (``EYE_RADIUS_MM``) and lie ``EYE_SEPARATION_MM`` apart, or none is returned.
+    """
+    skin = labels == SKIN
+    brain = np.isin(labels, (CSF, GM, WM))
+    globes = np.zeros(labels.shape, dtype=bool)
+    if not skin.any() or not brain.any():
+        return globes
+    present = np.argwhere(brain)
+    centre = ((present.min(axis=0) + present.max(axis=0)) // 2).astype(int)
+    depth = ndi.distance_transform_edt(skin)
+    front_below = np.zeros(labels.shape, dtype=bool)
+    front_below[:, centre[1]:, : centre[2]] = True
+    found = []
+    for side in (slice(None, centre[0]), slice(centre[0], None)):
+        candidate = np.zeros(labels.shape, dtype=bool)
+        candidate[side] = front_below[side]
+        deepest = np.where(candidate, depth, 0.0)
+        point = np.unravel_index(int(np.argmax(deepest)), labels.shape)
+        found.append((np.asarray(point), float(deepest[point])))
+    (left, left_radius), (right, right_radius) = found
+    plausible = all(EYE_RADIUS_MM[0] <= r <= EYE_RADIUS_MM[1] for r in (left_radius, right_radius))
+    if not plausible or not EYE_SEPARATION_MM[0] <= abs(right[0] - left[0]) <= EYE_SEPARATION_MM[1]:
+        return globes
+    grid = np.indices(labels.shape, sparse=True)
+    for point, radius in found:
+        squared = sum((axis - c) ** 2 for axis, c in zip(grid, point, strict=True))
+        globes |= skin & (squared <= (radius + 1.0) ** 2)
+    return globes
+
+
+def fluid_eyes(labels: np.ndarray) -> np.ndarray:
+    """The label map with its eyeballs (:func:`find_eye_globes`) labelled as CSF: fluid.
+
+    The vitreous is water like CSF: long T1 and T2 (bright on T2w, PDw, EPI and DWI b0,
+    dark on T1w and FLAIR), 0-15 HU on CT, no tracer in PET. As muscle/skin, a synthetic
+    head never shows a CSF-bright ball outside the brain, and on the real T2w scans of
+    ``eval/`` the shipped masks run around both eyes (training/README.md, session 49).
+    The brain targets stay: the globes do not touch the brain's CSF, and
+    :func:`brain_masks_from_labels` keeps only the component that is the brain.
+    """
+    globes = find_eye_globes(labels)
+    if not globes.any():
+        return labels
+    relabelled = labels.copy()
+    relabelled[globes] = CSF
+    return relabelled
+
+
 def signed_distance_mm(mask: np.ndarray, spacing: float | Sequence[float] = 1.0) -> np.ndarray:
     """Signed Euclidean distance to the mask surface in mm: negative inside."""
     if not mask.any():
@@ -1592,13 +1655,14 @@ class SyntheticHeads:
 
 
 def load_anatomies(paths: Sequence[str | Path], atrophy_mm: Sequence[int] = (0,),
-                   neck_junction_mm: Sequence[int] | None = None) -> list[Anatomy]:
+                   neck_junction_mm: Sequence[int] | None = None, eyes_fluid: bool = False) -> list[Anatomy]:
     """Label maps from files with their brain distance maps (about 5 s each).
 
     Each map is given a neck (:func:`add_neck`, whose ``junction_mm`` is
     ``neck_junction_mm``) and an atrophy (:func:`atrophy`) of a thickness drawn from
     ``atrophy_mm``, both from a seed made of the file's name so that every run and every
-    worker sees the same anatomy for a subject.
+    worker sees the same anatomy for a subject; with ``eyes_fluid`` its eyeballs become
+    fluid (:func:`fluid_eyes`).
     """
     junction = None if neck_junction_mm is None else (int(neck_junction_mm[0]), int(neck_junction_mm[1]))
     anatomies = []
@@ -1607,6 +1671,8 @@ def load_anatomies(paths: Sequence[str | Path], atrophy_mm: Sequence[int] = (0,)
         rng = np.random.default_rng(zlib.crc32(name.encode()))  # each subject keeps its own neck
         labels = add_neck(load_label_map(path), length_mm=int(rng.integers(50, 101)), rng=rng, junction_mm=junction)
         labels = atrophy(labels, thickness_mm=int(rng.choice(np.asarray(atrophy_mm))))
+        if eyes_fluid:
+            labels = fluid_eyes(labels)
         anatomies.append(anatomy_from_labels(labels, name))
     return anatomies
 
@@ -1735,6 +1801,8 @@ __all__ = [
     "Sample",
     "Anatomy",
     "load_anatomies",
+    "fluid_eyes",
+    "find_eye_globes",
     "procedural_anatomies",
     "brain_masks_from_labels",
     "signed_distance_mm",

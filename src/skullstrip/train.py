@@ -120,6 +120,9 @@ class TrainConfig:
     # (synth.add_neck's junction_mm) so no flat plane marks where the brain ends; None
     # keeps the necks of the runs before run16
     neck_junction_mm: list[int] | None = None
+    # the BrainWeb eyeballs (muscle/skin in the label maps) become fluid, CSF-bright on
+    # T2w as real vitreous (synth.fluid_eyes); False keeps the anatomy of the runs before run51
+    eyes_fluid: bool = False
     # checkpoint whose network weights start this run (the optimiser and step start
     # afresh); layers the checkpoint lacks, e.g. new refine blocks, keep their own init
     init_from: str | None = None
@@ -357,12 +360,13 @@ class _TrainingAnatomies:
     """Picklable factory so worker processes load the label maps themselves."""
 
     def __init__(self, paths: list[Path], procedural: int, seed: int, atrophy_mm: Sequence[int] = (0,),
-                 neck_junction_mm: Sequence[int] | None = None) -> None:
+                 neck_junction_mm: Sequence[int] | None = None, eyes_fluid: bool = False) -> None:
         self.paths, self.procedural, self.seed, self.atrophy_mm = paths, procedural, seed, tuple(atrophy_mm)
         self.neck_junction_mm = neck_junction_mm
+        self.eyes_fluid = eyes_fluid
 
     def __call__(self) -> list[synth.Anatomy]:
-        return (synth.load_anatomies(self.paths, self.atrophy_mm, self.neck_junction_mm)
+        return (synth.load_anatomies(self.paths, self.atrophy_mm, self.neck_junction_mm, self.eyes_fluid)
                 + synth.procedural_anatomies(self.procedural, self.seed))
 
 
@@ -406,7 +410,7 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     synth_config = config.synth_config()
     validation_set = _validation_samples(validation_paths, synth_config, config)
     anatomies = _TrainingAnatomies(train_paths, config.procedural_heads, config.seed, config.atrophy_mm,
-                                   config.neck_junction_mm)
+                                   config.neck_junction_mm, config.eyes_fluid)
     stream = SyntheticStream(anatomies, synth_config, config.seed, step,
                              twins=config.contrast_consistency_weight > 0,
                              small_crop_config=config.small_crop_synth_config(),
@@ -513,7 +517,8 @@ def _stop_requested(out_dir: Path) -> bool:
 
 
 def _validation_samples(paths: list[Path], config: synth.SynthConfig, train_config: TrainConfig) -> list[dict]:
-    anatomies = synth.load_anatomies(paths, train_config.atrophy_mm, train_config.neck_junction_mm)
+    anatomies = synth.load_anatomies(paths, train_config.atrophy_mm, train_config.neck_junction_mm,
+                                     train_config.eyes_fluid)
     generator = synth.SyntheticHeads(anatomies, config)
     modalities = synth.MODALITIES
     return [to_tensors(generator.sample(10**9 + i, modalities[i % len(modalities)]))
