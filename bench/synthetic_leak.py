@@ -2,7 +2,8 @@
 
 Usage: python bench/synthetic_leak.py [--model NAME=FILE ...] [--n 15] [--junction LOW,HIGH]
        [--modality MOD] [--mri-family FAMILY] [--p-low-contrast-t1 P] [--subjects WHICH] [--clean]
-       [--csf-fraction F] [--border MM] [--target brain|nocsf] [--head-size F] [--name NAME]
+       [--csf-fraction F] [--border MM] [--target brain|nocsf] [--head-size F] [--eyes-fluid]
+       [--name NAME]
 
 The real head-and-neck scan showed masks running below the cerebellum into the neck; the
 15 evaluation scans barely show it (their fields of view stop near the skull base). This
@@ -38,6 +39,9 @@ quantisation, bias field, gamma), so what is left is not the image's ambiguity.
 (training/README.md, run45). ``--head-size F`` resizes every head by F (``synth.HeadSize``;
 BrainWeb's brains are larger than most adults', whose brain+CSF is about 0.9 of theirs
 in each direction), so the ratios show how the surfaces depend on the head's size.
+``--eyes-fluid`` gives the heads fluid eyeballs (``synth.fluid_eyes``), CSF-bright on T2
+as on real T2w scans; the eyes lie more than 6 mm outside the brain, so a network that
+takes them shows it in ``far_ml`` (training/README.md, run51).
 
 Writes bench/results/NAME.md and .csv (NAME: synthetic_leak unless ``--name``).
 """
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--target", choices=("brain", "nocsf"), default="brain",
                         help="the generator's target the mask is compared with: brain+CSF or no-CSF")
     parser.add_argument("--head-size", type=float, help="resize every head by this factor (default: as drawn)")
+    parser.add_argument("--eyes-fluid", action="store_true", help="fluid eyeballs (synth.fluid_eyes)")
     parser.add_argument("--name", default="synthetic_leak")
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model) or {"shipped": None}
@@ -124,7 +129,7 @@ def main() -> None:
 
     paths = synth.brainweb_paths(args.labels)
     paths = paths[-HELD_OUT_SUBJECTS:] if args.subjects == "held-out" else paths[:HELD_OUT_SUBJECTS]
-    anatomies = synth.load_anatomies(paths, neck_junction_mm=junction)
+    anatomies = synth.load_anatomies(paths, neck_junction_mm=junction, eyes_fluid=args.eyes_fluid)
     config = whole_heads_config(args.clean, p_mri_family=1.0 if args.mri_family else 0.8,
                                 mri_family=args.mri_family, p_low_contrast_t1=args.p_low_contrast_t1,
                                 head_size_range=(args.head_size, args.head_size) if args.head_size else None)
