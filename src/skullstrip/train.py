@@ -203,7 +203,7 @@ class SyntheticStream(IterableDataset):
         self.first_step = first_step
         self.twins = twins
         self.small_crop_config = small_crop_config
-        self.small_crop_steps = small_crop_steps if small_crop_config is not None else 0
+        self.small_crop_steps = small_crop_steps
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
