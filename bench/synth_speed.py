@@ -32,7 +32,8 @@ def main() -> None:
 
     recipe = TrainConfig.load(args.config) if args.config else TrainConfig()
     clock = time.perf_counter()
-    anatomies = (synth.load_anatomies(synth.brainweb_paths(args.labels)[:2], recipe.atrophy_mm, recipe.neck_junction_mm)
+    anatomies = (synth.load_anatomies(synth.brainweb_paths(args.labels)[:2], recipe.atrophy_mm, recipe.neck_junction_mm,
+                                      recipe.eyes_fluid)
                  if args.labels else synth.procedural_anatomies(2))
     load_seconds = (time.perf_counter() - clock) / len(anatomies)
     settings = recipe.synth_config()

@@ -666,8 +666,8 @@ def test_no_globes_where_the_orbits_hold_nothing_eye_sized():
     assert not synth.find_eye_globes(toy_head_with_eyes(eye_radius=4)).any()  # too small for a globe
     assert not synth.find_eye_globes(toy_head_with_eyes(separation=20)).any()  # not two orbits apart
     labels = toy_head_with_eyes()
-    np.testing.assert_array_equal(synth.fluid_eyes(np.where(labels == synth.SKIN, synth.FAT, labels)),
-                                  np.where(labels == synth.SKIN, synth.FAT, labels))
+    no_globes = np.where(labels == synth.SKIN, synth.FAT, labels)
+    np.testing.assert_array_equal(synth.fluid_eyes(no_globes), no_globes)
 
 
 @needs_shared
