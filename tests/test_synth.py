@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from skullstrip import synth
@@ -681,3 +683,35 @@ def test_brainweb_eyes_are_two_globes_in_the_orbits():
     assert all(2.5 < v < 12 for v in volumes_ml)
     centres = ndi.center_of_mass(globes, parts, [1, 2])
     assert 45 < abs(centres[0][0] - centres[1][0]) < 95
+
+
+@given(seed=st.integers(0, 2**31), cap=st.integers(64**3, 112**3))
+@settings(max_examples=60, deadline=None)
+def test_capped_crop_shapes_stay_in_range_and_under_the_cap(seed, cap):
+    shape = synth.draw_crop_shape(np.random.default_rng(seed), (64, 112), cap)
+    assert all(64 <= n <= 112 and n % 4 == 0 for n in shape)
+    assert np.prod(shape) <= cap
+
+
+@given(seed=st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_crop_cap_keeps_the_first_draw_when_it_fits(seed):
+    uncapped = synth.draw_crop_shape(np.random.default_rng(seed), (64, 112))
+    capped = synth.draw_crop_shape(np.random.default_rng(seed), (64, 112), 800_000)
+    assert (capped == uncapped) == (np.prod(uncapped) <= 800_000)
+
+
+def test_uncapped_crop_shape_is_the_draw_of_the_recipes_before_the_cap():
+    # run51's full-crop step 5000 drew this shape; an uncapped draw must still reproduce it
+    assert synth.draw_crop_shape(np.random.default_rng(40261205 + 5000), (64, 112)) == (88, 108, 104)
+
+
+def test_crop_cap_below_the_smallest_crop_is_an_error():
+    with pytest.raises(ValueError, match="below the smallest crop"):
+        synth.draw_crop_shape(np.random.default_rng(0), (64, 112), 63**3)
+
+
+def test_capped_generator_draws_only_crops_within_the_cap(procedural_anatomy):
+    config = synth.config_with(shape_range=(24, 40), voxel_mm=4.0, max_crop_voxels=32**3)
+    shapes = [synth.SyntheticHeads([procedural_anatomy], config).sample(seed).image.shape for seed in range(4)]
+    assert all(np.prod(shape) <= 32**3 for shape in shapes)

@@ -18,6 +18,7 @@ from skullstrip.train import (  # noqa: E402
     SyntheticStream,
     TrainConfig,
     _TrainingAnatomies,
+    _validation_samples,
     average_checkpoints,
     axis_order,
     compute_precision,
@@ -388,6 +389,19 @@ def test_small_crops_before_small_crop_steps_then_full_crops_and_resume_continue
     for step in (2, 3):
         torch.testing.assert_close(next(resumed)["image"], images[step])
     assert config.synth_config().shape_range == (32, 40)  # validation keeps the full crops
+
+
+def test_crop_cap_applies_to_training_crops_but_not_to_the_validation_set(label_dir):
+    synth_settings = {"shape_range": [32, 40], "voxel_mm": 4.0, "modality_weights": {"ct": 1.0}}
+    capped = replace(tiny_config(1), synth={**synth_settings, "max_crop_voxels": 32**3})
+    uncapped = replace(tiny_config(1), synth=synth_settings)
+    paths = sorted(label_dir.iterdir())[:1]
+    training = iter(SyntheticStream(_TrainingAnatomies(paths, 0, 1), capped.synth_config(), seed=5, first_step=0))
+    assert all(np.prod(next(training)["image"].shape[2:]) <= 32**3 for _ in range(3))
+    shapes = [[s["image"].shape for s in _validation_samples(paths, config.synth_config(), config)]
+              for config in (capped, uncapped)]
+    assert shapes[0] == shapes[1]
+    assert any(np.prod(shape[2:]) > 32**3 for shape in shapes[0])
 
 
 def test_small_crop_steps_need_a_range():

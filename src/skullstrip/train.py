@@ -519,7 +519,9 @@ def _stop_requested(out_dir: Path) -> bool:
 def _validation_samples(paths: list[Path], config: synth.SynthConfig, train_config: TrainConfig) -> list[dict]:
     anatomies = synth.load_anatomies(paths, train_config.atrophy_mm, train_config.neck_junction_mm,
                                      train_config.eyes_fluid)
-    generator = synth.SyntheticHeads(anatomies, config)
+    # uncapped crops: the validation set every run since run50 was measured on, so the
+    # monitors of recipes with and without max_crop_voxels compare step for step
+    generator = synth.SyntheticHeads(anatomies, replace(config, max_crop_voxels=None))
     modalities = synth.MODALITIES
     return [to_tensors(generator.sample(10**9 + i, modalities[i % len(modalities)]))
             for i in range(train_config.validation_samples)]
