@@ -85,9 +85,9 @@ class SynthConfig:
     # grids are whole heads of any size
     shape_range: tuple[int, int] | None = None
     # redraw a shape_range crop with more voxels than this: on a 2-core CPU a training
-    # step's cost per voxel rises from about 4.5 to 7 us between 0.76 and 0.95 million
-    # voxels (the 2 mm activations outgrow the caches), so the largest quarter of the
-    # 64-112 crops cost 40 % of the steps (training/README.md, run53)
+    # step costs 3.5-4.8 us a voxel up to 0.76 million voxels and 6-8 us from 0.95
+    # million, so the quarter of the 64-112 crops above 0.8 million took about 40 % of
+    # the full-crop time (training/README.md, run53)
     max_crop_voxels: int | None = None
     voxel_mm: float = 2.0
     modality_weights: dict[str, float] = field(
