@@ -23,6 +23,7 @@ from skullstrip.train import (  # noqa: E402
     axis_order,
     compute_precision,
     contrast_consistency,
+    cpu_has_bfloat16,
     export_weights,
     initialise_from,
     loss_function,
@@ -369,6 +370,22 @@ def test_bfloat16_falls_back_to_float32_on_a_cpu_without_bfloat16_units(tmp_path
     assert "no bfloat16 units" in capsys.readouterr().out
     # the recipe on disk is still the recipe asked for: a CPU with bfloat16 units uses it
     assert TrainConfig.load(tmp_path / "fallback" / "config.json").precision == "bfloat16"
+
+
+@pytest.mark.parametrize(("machine", "avx512_bf16", "amx", "onednn", "expected"), [
+    ("x86_64", False, False, True, False),  # AVX-512 alone: oneDNN says yes but emulates
+    ("x86_64", True, False, True, True),
+    ("x86_64", False, True, True, True),
+    ("x86_64", False, False, False, False),  # avx2 only (the AMD EPYC of session 47)
+    ("aarch64", False, False, True, True),  # Arm: oneDNN's own answer
+    ("aarch64", False, False, False, False),
+])
+def test_bfloat16_units_are_the_instructions_on_x86(monkeypatch, machine, avx512_bf16, amx, onednn, expected):
+    monkeypatch.setattr("platform.machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert cpu_has_bfloat16() is expected
 
 
 def test_small_crops_before_small_crop_steps_then_full_crops_and_resume_continues(label_dir):

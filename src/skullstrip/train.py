@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -64,7 +65,15 @@ def check_precision(precision: str) -> None:
 
 
 def cpu_has_bfloat16() -> bool:
-    """Whether oneDNN has native bfloat16 kernels on this CPU (avx512_bf16 or AMX)."""
+    """Whether this CPU has bfloat16 units that oneDNN uses (avx512_bf16 or AMX on x86).
+
+    oneDNN's own answer (``_is_mkldnn_bf16_supported``) is yes on any AVX-512 CPU, where it
+    emulates bfloat16: on a 2-core Xeon with AVX-512 but neither avx512_bf16 nor AMX, a
+    training step of run53's network took 2.69 s in bfloat16 against 1.04 s in float32.
+    On x86 the instructions themselves decide; elsewhere (Arm) oneDNN's answer stands.
+    """
+    if platform.machine().lower() in {"x86_64", "amd64", "i686", "x86"}:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
