@@ -387,10 +387,17 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     ``monitor(model, step)`` is called at every validation, e.g. to measure Dice on real
     scans for monitoring only; its numbers go in the log, never into the loss.
     ``max_minutes`` stops cleanly (checkpoint written) after that much wall time.
+    Sets PyTorch's flush-denormal mode for the rest of the process (see below).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / "checkpoint.pt"
+    # A trained network's activations and gradients hold denormal floats (below 1.2e-38),
+    # which x86 cores compute in slow microcode: on a 2-core Xeon one step of run53's
+    # network on an 88^3 cube took 2.2-3.4 s with its step-6046 weights against 1.3 s with
+    # fresh ones, and 1.3-1.4 s with both once denormals flush to zero. Before the first
+    # parallel region: OpenMP's worker threads copy the flag when they are created.
+    torch.set_flush_denormal(True)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
