@@ -2,6 +2,7 @@
 
 Usage: python bench/train_step.py [--config training/runN/config.json ...] [--n 5] [--rounds 2]
                                   [--size 88[,72,...] | --labels ../shared/data/labelmaps/brainweb]
+                                  [--checkpoint training/runN/checkpoint.pt] [--keep-denormals]
 Writes bench/results/train_step.md. Each recipe's network takes the same ``--n`` crops,
 batch 1, with the recipe's thread count, three ways from the same weights: PyTorch's
 default contiguous tensors in float32, channels-last 3D tensors (``train.TRAINING_LAYOUT``)
@@ -15,6 +16,11 @@ generator's time is not counted). The difference columns are the largest differe
 between a variant's prediction on the first crop and the contiguous float32 one (in
 network units; 1 = ``model.DISTANCE_SCALE_MM``): the layouts compute the same network,
 bfloat16 rounds it.
+
+The weights are random (normal, sd 0.05), or with ``--checkpoint`` a training checkpoint's,
+whose activations and gradients hold denormal floats. Like the trainer, the script flushes
+denormals to zero before PyTorch's thread pool starts; ``--keep-denormals`` times the cost
+of computing them (on a 2-core Xeon, a trained network's step took about twice as long).
 """
 
 from __future__ import annotations
@@ -122,9 +128,16 @@ def main() -> None:
     parser.add_argument("--labels", help="BrainWeb label maps: time the recipe's own samples instead")
     parser.add_argument("--n", type=int, default=5, help="timed steps per layout and round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--checkpoint", help="time this training checkpoint's weights (one --config, its recipe)")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="compute denormal floats instead of flushing them to zero as the trainer does")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.md"))
     args = parser.parse_args()
     configs = args.config or ["training/run37/config.json"]
+    if args.checkpoint and len(configs) != 1:
+        parser.error("--checkpoint times one recipe's network: give exactly one --config")
+    # before any parallel region: OpenMP's worker threads copy the flag when they are created
+    torch.set_flush_denormal(not args.keep_denormals)
 
     sizes = [int(size) for size in args.size.split(",")]
     native_bfloat16 = cpu_has_bfloat16()
@@ -135,8 +148,11 @@ def main() -> None:
         torch.set_num_threads(recipe.threads)
         torch.manual_seed(0)
         base = StripNet(ModelConfig.from_dict(recipe.model))
-        for parameter in base.parameters():  # zero-initialised residual scales would hide the core
-            parameter.data.normal_(0.0, 0.05)
+        if args.checkpoint:
+            base.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
+        else:
+            for parameter in base.parameters():  # zero-initialised residual scales would hide the core
+                parameter.data.normal_(0.0, 0.05)
         parameters = count_parameters(base)
         for crops in ([recipe_crops(recipe, args.labels, args.n)] if args.labels
                       else [random_crops(size, args.n) for size in sizes]):
@@ -148,9 +164,13 @@ def main() -> None:
     lines = ["# Training step time per memory layout and precision", "",
              f"Command: `python bench/train_step.py {' '.join('--config ' + c for c in configs)} "
              + (f"--labels {args.labels} " if args.labels else f"--size {args.size} ")
-             + f"--n {args.n} --rounds {args.rounds}`",
+             + f"--n {args.n} --rounds {args.rounds}"
+             + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "")
+             + (" --keep-denormals" if args.keep_denormals else "") + "`",
              f"Machine: {cpu_model()} ({platform.machine()}), bfloat16 units: "
              f"{'yes' if native_bfloat16 else 'no (bfloat16 not timed)'}, torch {torch.__version__}. "
+             f"Weights: {args.checkpoint or 'random (normal, sd 0.05)'}; denormals "
+             f"{'computed (--keep-denormals)' if args.keep_denormals else 'flushed to zero, as the trainer does'}. "
              "One step = forward, loss, backward "
              f"and Adam, batch 1, on {crops_text}; the best of {args.rounds} rounds, the recipe's "
              "threads. Generator time is not counted.", "",
