@@ -372,7 +372,6 @@ def test_bfloat16_falls_back_to_float32_on_a_cpu_without_bfloat16_units(tmp_path
     assert TrainConfig.load(tmp_path / "fallback" / "config.json").precision == "bfloat16"
 
 
-
 @pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush denormals")
 def test_training_flushes_denormal_floats_to_zero(tmp_path, label_dir):
     denormal = torch.tensor([1e-39])  # below float32's smallest normal, 1.2e-38
@@ -384,6 +383,7 @@ def test_training_flushes_denormal_floats_to_zero(tmp_path, label_dir):
         assert float(denormal * 2) == 0.0
     finally:
         torch.set_flush_denormal(False)
+
 
 @pytest.mark.parametrize(("machine", "avx512_bf16", "amx", "onednn", "expected"), [
     ("x86_64", False, False, True, False),  # AVX-512 alone: oneDNN says yes but emulates
