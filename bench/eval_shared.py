@@ -1,6 +1,6 @@
 """Accuracy of the shipped model on the shared real scans, next to the peers' numbers.
 
-Usage: python bench/eval_shared.py [--border MM] [--model FILE]
+Usage: python bench/eval_shared.py [--border MM] [--csf-fraction F] [--model FILE]
 
 1. `skullstrip eval ../shared/data/eval/manifest.csv` into bench/results/eval_shared/
    (cases.csv, summary.md, dice.png, hd95.png; masks are not kept in the repo);
@@ -97,17 +97,21 @@ def _tick(passed: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--border", type=float, help="mask border (mm; default: the model's setting)")
+    parser.add_argument("--csf-fraction", type=float, help="CSF fraction (0-1; default: the model's setting)")
     parser.add_argument("--model")
     args = parser.parse_args()
     out = RESULTS / "eval_shared"
-    evaluate_manifest(SHARED / "data" / "eval" / "manifest.csv", out, border_mm=args.border, model_path=args.model)
+    evaluate_manifest(SHARED / "data" / "eval" / "manifest.csv", out, border_mm=args.border, model_path=args.model,
+                      csf_fraction=args.csf_fraction)
     shutil.rmtree(out / "masks", ignore_errors=True)  # derived from the shared scans: not for the repo
     qc_rows = qc_manifest(SHARED / "data" / "qc" / "manifest.csv", RESULTS / "qc_shared", border_mm=args.border,
-                          model_path=args.model)
-    border = options_with(border_mm=args.border).border_mm
+                          model_path=args.model, csf_fraction=args.csf_fraction)
+    options = options_with(border_mm=args.border, csf_fraction=args.csf_fraction)
     command = "python bench/eval_shared.py" + (f" --border {args.border}" if args.border is not None else "")
+    command += f" --csf-fraction {args.csf_fraction}" if args.csf_fraction is not None else ""
     command += f" --model {args.model}" if args.model else ""
-    text = [f"Command: `{command}` (border {border} mm; per-case rows in eval_shared/cases.csv)", ""]
+    text = [f"Command: `{command}` (border {options.border_mm} mm, CSF fraction {options.csf_fraction}; "
+            "per-case rows in eval_shared/cases.csv)", ""]
     text += comparison_lines(out / "cases.csv")
     text += (out / "summary.md").read_text().splitlines()[1:]
     text += qc_lines(qc_rows)

@@ -194,6 +194,18 @@ def test_qc_command_writes_overlays_and_reports_a_failed_case(tmp_path, phantom_
     assert "phantom.png" in (tmp_path / "qc" / "index.html").read_text()
 
 
+def test_qc_command_passes_the_csf_fraction_to_the_model(tmp_path, phantom_file, capsys):
+    import csv
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"case,modality,image\nphantom,T1w,{phantom_file}\n")
+    volumes = {}
+    for name, flags in {"no_csf": ["--no-csf"], "all_csf": ["--csf-fraction", "1"]}.items():
+        assert run(["qc", manifest, "--out", tmp_path / name, "--quiet", *flags], capsys)[0] == 0
+        volumes[name] = float(next(csv.DictReader((tmp_path / name / "qc.csv").open()))["volume_ml"])
+    assert volumes["no_csf"] < volumes["all_csf"]
+
+
 def test_strip_warns_about_a_mask_taller_than_long_and_still_writes_it(tmp_path, phantom, phantom_world_affine,
                                                                       capsys):
     upright = tmp_path / "upright.nii.gz"

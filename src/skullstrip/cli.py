@@ -81,6 +81,11 @@ def _add_csf_flags(parser: argparse.ArgumentParser) -> None:
                             "it (default 0.25)")
 
 
+def _csf_fraction(args: argparse.Namespace) -> float | None:
+    """The CSF fraction --no-csf or --csf-fraction asks for; None keeps the model's."""
+    return 0.0 if args.no_csf else args.csf_fraction
+
+
 def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focus", type=float, default=None, metavar="MM",
                         help="half-size of the box around the first pass's brain in which the network looks "
@@ -184,6 +189,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-model", action="store_true", help="only score the --method folders")
     parser.add_argument("-b", "--border", type=float, default=None,
                         help="border for our model (mm; default: the model's)")
+    _add_csf_flags(parser)
     parser.add_argument("--model", help="weights file instead of the shipped model")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -201,7 +207,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--method {item!r}: expected NAME=FOLDER with an existing folder")
         methods[name] = Path(folder)
     rows = evaluate_manifest(args.manifest, args.out, methods, run_model=not args.no_model, border_mm=args.border,
-                             model_path=args.model, progress=not args.quiet)
+                             model_path=args.model, progress=not args.quiet, csf_fraction=_csf_fraction(args))
     if not args.quiet:
         print(Path(args.out, "summary.md").read_text())
     return EXIT_OK if rows else EXIT_ERROR
@@ -213,6 +219,7 @@ def _qc_parser() -> argparse.ArgumentParser:
     parser.add_argument("manifest", help="CSV with columns case, modality, image")
     parser.add_argument("--out", required=True, help="folder for CASE.png, index.html and qc.csv")
     parser.add_argument("-b", "--border", type=float, default=None, help="mask border (mm; default: the model's)")
+    _add_csf_flags(parser)
     parser.add_argument("--model", help="weights file instead of the shipped model")
     parser.add_argument("-q", "--quiet", action="store_true")
     return parser
@@ -222,7 +229,7 @@ def _run_qc(args: argparse.Namespace) -> int:
     from skullstrip.evaluate import qc_manifest
 
     rows = qc_manifest(args.manifest, args.out, border_mm=args.border, model_path=args.model,
-                       progress=not args.quiet)
+                       progress=not args.quiet, csf_fraction=_csf_fraction(args))
     failed = [r for r in rows if r.get("error")]
     for row in failed:
         print(f"skullstrip: {row['case']}: {row['error']}", file=sys.stderr)

@@ -185,21 +185,24 @@ def method_mask_path(folder: Path, case: str) -> Path | None:
 # ------------------------------------------------------------------------ our model
 
 
-def run_ours_isolated(image: Path, mask_out: Path, border_mm: float | None, model_path: str | None) -> dict:
+def run_ours_isolated(image: Path, mask_out: Path, border_mm: float | None, model_path: str | None,
+                      csf_fraction: float | None = None) -> dict:
     """Run skullstrip on one image in a fresh process: wall time and that process's peak RSS."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_strip_and_measure, (str(image), str(mask_out), border_mm, model_path))
+        return pool.apply(_strip_and_measure, (str(image), str(mask_out), border_mm, model_path, csf_fraction))
 
 
-def _strip_and_measure(image: str, mask_out: str, border_mm: float | None, model_path: str | None) -> dict:
+def _strip_and_measure(image: str, mask_out: str, border_mm: float | None, model_path: str | None,
+                       csf_fraction: float | None) -> dict:
     started = time.perf_counter()
     from skullstrip.infer import options_with, strip_file
 
     strip_file(image, mask_path=mask_out, json_path=None,
-               options=options_with(border_mm=border_mm, model_path=model_path), overwrite=True)
+               options=options_with(border_mm=border_mm, model_path=model_path, csf_fraction=csf_fraction),
+               overwrite=True)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_kb / 1024}
 
@@ -209,7 +212,7 @@ def _strip_and_measure(image: str, mask_out: str, border_mm: float | None, model
 
 def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[str, Path] | None = None,
                       run_model: bool = True, border_mm: float | None = None, model_path: str | None = None,
-                      progress: bool = True) -> list[dict]:
+                      progress: bool = True, csf_fraction: float | None = None) -> list[dict]:
     """Per-case metrics for our model and/or other tools' mask folders, and the reports."""
     from tqdm import tqdm
 
@@ -235,7 +238,7 @@ def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[s
         if run_model:
             mask_out = out_dir / "masks" / f"{case.case}.nii.gz"
             try:
-                cost = run_ours_isolated(case.image, mask_out, border_mm, model_path)
+                cost = run_ours_isolated(case.image, mask_out, border_mm, model_path, csf_fraction)
                 candidates.append((OURS, mask_out, cost))
             except Exception as error:
                 failures.append((case.case, f"{OURS} failed: {error}"))
@@ -396,7 +399,7 @@ def plot_metrics(rows: list[dict], out_dir: Path) -> None:
 
 
 def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | None = None,
-                model_path: str | None = None, progress: bool = True) -> list[dict]:
+                model_path: str | None = None, progress: bool = True, csf_fraction: float | None = None) -> list[dict]:
     """Run our model on every case, write one overlay PNG per case and ``index.html``.
 
     The table also gives numbers a person checks by eye: brain volume, the mean image
@@ -411,10 +414,11 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | No
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = options_with(border_mm=border_mm, model_path=model_path, csf_fraction=csf_fraction)
     rows = []
     for case in tqdm(read_manifest(manifest), disable=not progress, desc="cases", unit="case"):
         try:
-            result = strip(case.image, options_with(border_mm=border_mm, model_path=model_path))
+            result = strip(case.image, options)
             volume = result.data.mean(axis=3) if result.data.ndim == 4 else result.data
             mask = result.mask.astype(bool) if result.mask.ndim == 3 else result.mask[..., 0].astype(bool)
             nonzero = volume != 0
