@@ -101,12 +101,10 @@ def main() -> None:
     parser.add_argument("--model")
     args = parser.parse_args()
     out = RESULTS / "eval_shared"
-    evaluate_manifest(SHARED / "data" / "eval" / "manifest.csv", out, border_mm=args.border, model_path=args.model,
-                      csf_fraction=args.csf_fraction)
+    options = options_with(border_mm=args.border, csf_fraction=args.csf_fraction, model_path=args.model)
+    evaluate_manifest(SHARED / "data" / "eval" / "manifest.csv", out, options=options)
     shutil.rmtree(out / "masks", ignore_errors=True)  # derived from the shared scans: not for the repo
-    qc_rows = qc_manifest(SHARED / "data" / "qc" / "manifest.csv", RESULTS / "qc_shared", border_mm=args.border,
-                          model_path=args.model, csf_fraction=args.csf_fraction)
-    options = options_with(border_mm=args.border, csf_fraction=args.csf_fraction)
+    qc_rows = qc_manifest(SHARED / "data" / "qc" / "manifest.csv", RESULTS / "qc_shared", options=options)
     command = "python bench/eval_shared.py" + (f" --border {args.border}" if args.border is not None else "")
     command += f" --csf-fraction {args.csf_fraction}" if args.csf_fraction is not None else ""
     command += f" --model {args.model}" if args.model else ""

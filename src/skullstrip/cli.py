@@ -13,8 +13,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from skullstrip import __version__
+
+if TYPE_CHECKING:
+    from skullstrip.infer import StripOptions
 
 log = logging.getLogger("skullstrip")
 
@@ -79,11 +83,6 @@ def _add_csf_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--csf-fraction", type=float, default=None, metavar="F",
                        help="place the surface between the brain without (0) and with (1) the CSF around "
                             "it (default 0.25)")
-
-
-def _csf_fraction(args: argparse.Namespace) -> float | None:
-    """The CSF fraction --no-csf or --csf-fraction asks for; None keeps the model's."""
-    return 0.0 if args.no_csf else args.csf_fraction
 
 
 def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
@@ -206,11 +205,19 @@ def _run_eval(args: argparse.Namespace) -> int:
         if not name or not folder or not Path(folder).is_dir():
             raise UserError(f"--method {item!r}: expected NAME=FOLDER with an existing folder")
         methods[name] = Path(folder)
-    rows = evaluate_manifest(args.manifest, args.out, methods, run_model=not args.no_model, border_mm=args.border,
-                             model_path=args.model, progress=not args.quiet, csf_fraction=_csf_fraction(args))
+    rows = evaluate_manifest(args.manifest, args.out, methods, run_model=not args.no_model,
+                             options=_model_options(args), progress=not args.quiet)
     if not args.quiet:
         print(Path(args.out, "summary.md").read_text())
     return EXIT_OK if rows else EXIT_ERROR
+
+
+def _model_options(args: argparse.Namespace) -> StripOptions:
+    """Our model's settings from the eval and qc commands' flags; the rest are its defaults."""
+    from skullstrip.infer import options_with
+
+    return options_with(border_mm=args.border, no_csf=args.no_csf, csf_fraction=args.csf_fraction,
+                        model_path=args.model)
 
 
 def _qc_parser() -> argparse.ArgumentParser:
@@ -228,8 +235,7 @@ def _qc_parser() -> argparse.ArgumentParser:
 def _run_qc(args: argparse.Namespace) -> int:
     from skullstrip.evaluate import qc_manifest
 
-    rows = qc_manifest(args.manifest, args.out, border_mm=args.border, model_path=args.model,
-                       progress=not args.quiet, csf_fraction=_csf_fraction(args))
+    rows = qc_manifest(args.manifest, args.out, options=_model_options(args), progress=not args.quiet)
     failed = [r for r in rows if r.get("error")]
     for row in failed:
         print(f"skullstrip: {row['case']}: {row['error']}", file=sys.stderr)

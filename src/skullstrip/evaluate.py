@@ -26,12 +26,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
 from skullstrip.conform import resample
+
+if TYPE_CHECKING:
+    from skullstrip.infer import StripOptions
 
 log = logging.getLogger("skullstrip")
 
@@ -185,24 +189,20 @@ def method_mask_path(folder: Path, case: str) -> Path | None:
 # ------------------------------------------------------------------------ our model
 
 
-def run_ours_isolated(image: Path, mask_out: Path, border_mm: float | None, model_path: str | None,
-                      csf_fraction: float | None = None) -> dict:
+def run_ours_isolated(image: Path, mask_out: Path, options: StripOptions) -> dict:
     """Run skullstrip on one image in a fresh process: wall time and that process's peak RSS."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_strip_and_measure, (str(image), str(mask_out), border_mm, model_path, csf_fraction))
+        return pool.apply(_strip_and_measure, (str(image), str(mask_out), options))
 
 
-def _strip_and_measure(image: str, mask_out: str, border_mm: float | None, model_path: str | None,
-                       csf_fraction: float | None) -> dict:
+def _strip_and_measure(image: str, mask_out: str, options: StripOptions) -> dict:
     started = time.perf_counter()
-    from skullstrip.infer import options_with, strip_file
+    from skullstrip.infer import strip_file
 
-    strip_file(image, mask_path=mask_out, json_path=None,
-               options=options_with(border_mm=border_mm, model_path=model_path, csf_fraction=csf_fraction),
-               overwrite=True)
+    strip_file(image, mask_path=mask_out, json_path=None, options=options, overwrite=True)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_kb / 1024}
 
@@ -211,10 +211,15 @@ def _strip_and_measure(image: str, mask_out: str, border_mm: float | None, model
 
 
 def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[str, Path] | None = None,
-                      run_model: bool = True, border_mm: float | None = None, model_path: str | None = None,
-                      progress: bool = True, csf_fraction: float | None = None) -> list[dict]:
-    """Per-case metrics for our model and/or other tools' mask folders, and the reports."""
+                      run_model: bool = True, options: StripOptions | None = None,
+                      progress: bool = True) -> list[dict]:
+    """Per-case metrics for our model and/or other tools' mask folders, and the reports.
+
+    ``options``: our model's settings and weights (default: the shipped ones).
+    """
     from tqdm import tqdm
+
+    from skullstrip.infer import StripOptions
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +243,7 @@ def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[s
         if run_model:
             mask_out = out_dir / "masks" / f"{case.case}.nii.gz"
             try:
-                cost = run_ours_isolated(case.image, mask_out, border_mm, model_path, csf_fraction)
+                cost = run_ours_isolated(case.image, mask_out, options or StripOptions())
                 candidates.append((OURS, mask_out, cost))
             except Exception as error:
                 failures.append((case.case, f"{OURS} failed: {error}"))
@@ -398,8 +403,8 @@ def plot_metrics(rows: list[dict], out_dir: Path) -> None:
 # --------------------------------------------------------------------- QC (no masks)
 
 
-def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | None = None,
-                model_path: str | None = None, progress: bool = True, csf_fraction: float | None = None) -> list[dict]:
+def qc_manifest(manifest: str | Path, out_dir: str | Path, options: StripOptions | None = None,
+                progress: bool = True) -> list[dict]:
     """Run our model on every case, write one overlay PNG per case and ``index.html``.
 
     The table also gives numbers a person checks by eye: brain volume, the mean image
@@ -409,12 +414,12 @@ def qc_manifest(manifest: str | Path, out_dir: str | Path, border_mm: float | No
     """
     from tqdm import tqdm
 
-    from skullstrip.infer import options_with, strip
+    from skullstrip.infer import StripOptions, strip
     from skullstrip.qc import overlay_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = options_with(border_mm=border_mm, model_path=model_path, csf_fraction=csf_fraction)
+    options = options or StripOptions()
     rows = []
     for case in tqdm(read_manifest(manifest), disable=not progress, desc="cases", unit="case"):
         try:
