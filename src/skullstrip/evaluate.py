@@ -223,6 +223,7 @@ def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[s
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = options or StripOptions()
     cases = read_manifest(manifest)
     methods = dict(methods or {})
     if run_model:
@@ -243,7 +244,7 @@ def evaluate_manifest(manifest: str | Path, out_dir: str | Path, methods: dict[s
         if run_model:
             mask_out = out_dir / "masks" / f"{case.case}.nii.gz"
             try:
-                cost = run_ours_isolated(case.image, mask_out, options or StripOptions())
+                cost = run_ours_isolated(case.image, mask_out, options)
                 candidates.append((OURS, mask_out, cost))
             except Exception as error:
                 failures.append((case.case, f"{OURS} failed: {error}"))
