@@ -1,12 +1,15 @@
 """End-to-end speed and peak memory of the `skullstrip` command, with a stage breakdown.
 
 Usage: python bench/speed.py [--real ../shared/data/qc/cases/brainchop_t1/image.nii.gz]
+                             [--model WEIGHTS.onnx --name speed_NAME]
 
 Each input is stripped by a fresh `skullstrip` process (process start to files written)
 under /usr/bin/time, which reports wall time and peak RSS; the JSON sidecar gives the
 stage breakdown. Inputs: a 256^3 1 mm real T1 (skipped if absent), a generated 256^3
 1 mm phantom, a 512^3 0.5 mm phantom, and a 4D 64x64x40x60 fMRI-like series.
-Writes bench/results/speed.md and speed.csv.
+Writes bench/results/speed.md and speed.csv (``--name`` changes the stem: to time other
+weights on the same machine in the same session, since this machine's speed varies between
+sessions by tens of percent).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def fmri_file(folder: Path) -> Path:
     return path
 
 
-def timed_strip(image: Path, folder: Path, threads: int | None) -> dict:
+def timed_strip(image: Path, folder: Path, threads: int | None, model: str | None) -> dict:
     mask = folder / f"{image.name.split('.')[0]}_mask.nii.gz"
     stripped = folder / f"{image.name.split('.')[0]}_brain.nii.gz"
     sidecar = folder / f"{image.name.split('.')[0]}.json"
@@ -63,6 +66,8 @@ def timed_strip(image: Path, folder: Path, threads: int | None) -> dict:
                "-m", str(mask), "-o", str(stripped), "--json", str(sidecar), "--force", "-q"]
     if threads:
         command += ["-t", str(threads)]
+    if model:
+        command += ["--model", model]
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     wall, peak_kb = completed.stderr.strip().splitlines()[-1].split()
     stages = json.loads(sidecar.read_text())["stage_seconds"]
@@ -81,6 +86,8 @@ def main() -> None:
     parser.add_argument("--real", default=str(DEFAULT_REAL))
     parser.add_argument("--repeats", type=int, default=2, help="runs per input; the best is reported")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model", default=None, help="ONNX weights to time instead of the shipped ones")
+    parser.add_argument("--name", default="speed", help="stem of the result files in bench/results")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
@@ -94,13 +101,14 @@ def main() -> None:
         inputs.append(("fMRI 64×64×40×60", fmri_file(folder)))
         imports = import_cost()
         for label, path in inputs:
-            runs = [timed_strip(path, folder, args.threads) for _ in range(args.repeats)]
+            runs = [timed_strip(path, folder, args.threads, args.model) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["wall_s"])
             rows.append({"input": label, **best, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
             print(rows[-1], flush=True)
     stages = ["load", "conform", "model", "postprocess", "resample_back", "intensity_rules", "write"]
+    command = " ".join(["python bench/speed.py", *sys.argv[1:]])
     lines = ["# skullstrip speed and memory", "",
-             f"Command: `python bench/speed.py` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+             f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{os.cpu_count()} cores, ONNX Runtime threads: {args.threads or 'all cores'}, "
              f"best of {args.repeats} runs, peak RSS the largest)", "",
              f"Start-up: `import skullstrip.infer, onnxruntime` takes {imports['import_s']:.2f} s and "
@@ -112,8 +120,8 @@ def main() -> None:
                      + " | ".join(f"{row.get(s, 0):.2f}" for s in stages) + " |")
     lines += ["", "Wall time is the whole process (Python start, imports, model load, all outputs written: mask, "
               "stripped image, JSON). Stage columns are seconds inside the process."]
-    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
-    with (RESULTS / "speed.csv").open("w", newline="") as handle:
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    with (RESULTS / f"{args.name}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, ["input", "wall_s", "peak_rss_mb", *stages])
         writer.writeheader()
         writer.writerows({k: row.get(k) for k in ["input", "wall_s", "peak_rss_mb", *stages]} for row in rows)

@@ -53,9 +53,10 @@ class StripOptions:
     """What to compute; defaults match ``skullstrip -i IN -m MASK``."""
 
     # the mask is distance < border, the distance being to the surface csf_fraction picks.
-    # 0 with csf_fraction 0.25 since session 41 (run46): chosen with csf_fraction on five
-    # qc scans outside eval/, against HD-BET's masks as the stand-in reference (mean Dice
-    # 0.9555; bench/results/calibration_hdbet_run46.md, training/README.md). The references
+    # 0 with csf_fraction 0.25 since session 41: chosen with csf_fraction on five qc scans
+    # outside eval/, against HD-BET's masks as the stand-in reference, for run46 (mean Dice
+    # 0.9555) and again for run54 in session 60 (0.9589; bench/results/
+    # calibration_hdbet_run54.md, training/README.md). The references
     # of our real scans hug the brain closer than the brain+CSF surface the network learnt
     # from BrainWeb (a thick CSF rim at the vertex). Sessions 35-40 (run40): -0.5 with 0.25;
     # session 34 (run38): -1 with 0.5, chosen the same way; until session 33, -1.5 on the
