@@ -58,16 +58,12 @@ def fmri_file(folder: Path) -> Path:
     return path
 
 
-def timed_strip(image: Path, folder: Path, threads: int | None, model: str | None) -> dict:
+def timed_strip(image: Path, folder: Path, options: list[str]) -> dict:
     mask = folder / f"{image.name.split('.')[0]}_mask.nii.gz"
     stripped = folder / f"{image.name.split('.')[0]}_brain.nii.gz"
     sidecar = folder / f"{image.name.split('.')[0]}.json"
     command = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "skullstrip.cli", "-i", str(image),
-               "-m", str(mask), "-o", str(stripped), "--json", str(sidecar), "--force", "-q"]
-    if threads:
-        command += ["-t", str(threads)]
-    if model:
-        command += ["--model", model]
+               "-m", str(mask), "-o", str(stripped), "--json", str(sidecar), "--force", "-q", *options]
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     wall, peak_kb = completed.stderr.strip().splitlines()[-1].split()
     stages = json.loads(sidecar.read_text())["stage_seconds"]
@@ -90,6 +86,7 @@ def main() -> None:
     parser.add_argument("--name", default="speed", help="stem of the result files in bench/results")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    options = (["-t", str(args.threads)] if args.threads else []) + (["--model", args.model] if args.model else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -101,7 +98,7 @@ def main() -> None:
         inputs.append(("fMRI 64×64×40×60", fmri_file(folder)))
         imports = import_cost()
         for label, path in inputs:
-            runs = [timed_strip(path, folder, args.threads, args.model) for _ in range(args.repeats)]
+            runs = [timed_strip(path, folder, options) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["wall_s"])
             rows.append({"input": label, **best, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
             print(rows[-1], flush=True)
