@@ -127,8 +127,8 @@ class GlobalContext(nn.Module):
         keeps its direction, which is what describes the contrast.
         """
         # the 1x1x1 convolution as a matrix product over channels-last voxels: PyTorch's CPU
-        # convolution backward for one output channel took 4x the rest of a training step
-        # (session 61 profile), a channel contraction costs nothing
+        # convolution backward for one output channel added 12 % to a training step, the
+        # contraction nothing measurable (bench/train_step.py, training/README.md run55)
         voxels = features.movedim(1, -1).flatten(1, 3).float()  # (B, N, C)
         logits = F.linear(voxels, self.attention.weight.flatten(1).float(), self.attention.bias.float())
         weights = torch.softmax(logits, dim=1)  # (B, N, 1)
