@@ -138,6 +138,18 @@ def test_global_context_carries_information_beyond_the_receptive_field():
         assert not torch.allclose(context(image)[..., :4, :4, :4], context(changed)[..., :4, :4, :4])
 
 
+def test_global_context_summary_stays_float32_under_bfloat16_autocast():
+    """The summary is pooled in float32 even when the convolutions compute in bfloat16."""
+    context = StripNet(ModelConfig(**SMALL, global_context=True)).context
+    with torch.no_grad():
+        context.attention.weight.normal_(0, 0.5)
+    features = torch.rand(1, SMALL["core_channels"], 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        summary = context.summary(features)
+    assert summary.dtype == torch.float32
+    torch.testing.assert_close(summary, context.summary(features))
+
+
 def test_global_context_network_exports_to_onnx(tmp_path, label_dir):
     config = replace(tiny_config(2), model=ModelConfig(**SMALL, global_context=True).to_dict(), learning_rate=1e-2)
     checkpoint = train(label_dir, tmp_path / "run", config, progress=False)

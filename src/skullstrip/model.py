@@ -126,14 +126,17 @@ class GlobalContext(nn.Module):
         At unit scale the modulation can grow as fast as any other weight, and the summary
         keeps its direction, which is what describes the contrast.
         """
-        # the 1x1x1 convolution as a matrix product over channels-last voxels: PyTorch's CPU
-        # convolution backward for one output channel added 12 % to a training step, the
-        # contraction nothing measurable (bench/train_step.py, training/README.md run55)
-        voxels = features.movedim(1, -1).flatten(1, 3).float()  # (B, N, C)
-        logits = F.linear(voxels, self.attention.weight.flatten(1).float(), self.attention.bias.float())
-        weights = torch.softmax(logits, dim=1)  # (B, N, 1)
-        pooled = torch.bmm(weights.transpose(1, 2), voxels)[:, 0]
-        return pooled * torch.rsqrt(pooled.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        # the 1x1x1 convolution (kept as a Conv3d so that checkpoints keep their layout) applied
+        # as a matrix product over channels-last voxels: PyTorch's CPU convolution backward for
+        # one output channel added 12 % to a training step, the contraction nothing measurable
+        # (bench/train_step.py, training/README.md run55). Outside autocast, which would run
+        # both products in bfloat16.
+        with torch.autocast(features.device.type, enabled=False):
+            voxels = features.movedim(1, -1).flatten(1, 3).float()  # (B, N, C)
+            logits = F.linear(voxels, self.attention.weight.flatten(1), self.attention.bias)
+            weights = torch.softmax(logits, dim=1)  # (B, N, 1)
+            pooled = torch.bmm(weights.transpose(1, 2), voxels)[:, 0]
+            return pooled * torch.rsqrt(pooled.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
 
     def modulate(self, features: torch.Tensor, summary: torch.Tensor, stage: int) -> torch.Tensor:
         scale, shift = self.film[stage](summary).to(features.dtype)[..., None, None, None].chunk(2, dim=1)
