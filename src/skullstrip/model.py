@@ -18,11 +18,7 @@ which costs minutes on a CPU. Here the same idea runs where it is cheap:
   channels (FiLM), so that every voxel's boundary decision can depend on the scan's
   contrast (is the CSF bright or dark?) and not only on what its receptive field holds;
 - two outputs: signed distance (in units of ``DISTANCE_SCALE_MM``, positive outside)
-  to the brain+CSF surface and to the brain without extracerebral CSF;
-- optionally (``surface_shift``) one constant per scan and output added to the
-  distances, read from the image and the fine features in bands just inside and just
-  outside the predicted surfaces (``SurfaceShift``): it moves a whole surface by what
-  the look of the scan says about it.
+  to the brain+CSF surface and to the brain without extracerebral CSF.
 
 Predicting a signed distance, as SynthStrip does, gives a smooth field that resamples
 onto any native grid with sub-voxel boundaries and makes ``--border`` a threshold.
@@ -63,9 +59,6 @@ class ModelConfig:
     # a scan-wide summary that modulates the core and fine channels (GlobalContext);
     # zero-initialised, so adding it to a trained network leaves its output unchanged
     global_context: bool = False
-    # a per-scan shift of each output distance read around the predicted surfaces
-    # (SurfaceShift); zero-initialised, so adding it to a trained network leaves its output unchanged
-    surface_shift: bool = False
     outputs: int = 2
     norm: str = "none"  # "none" or "instance"
     # how the input image is scaled (conform.normalize_intensity's method): part of the
@@ -150,55 +143,6 @@ class GlobalContext(nn.Module):
         return features * (1 + scale) + shift
 
 
-class SurfaceShift(nn.Module):
-    """One constant per scan and output, added to the distances: a whole surface moved.
-
-    Why: on clean synthetic heads of its own kind, run54 places both of its surfaces
-    about 1.3 mm outside the truth when the CSF is bright (T2, PD looks) and 0.1-0.3 mm
-    inside when it is dark (T1, FLAIR), at every height of the brain, as every recent
-    recipe did (``bench/synthetic_offset.py``; training/README.md, run54 and run55): a
-    compromise between looks that voxel-wise layers keep. What the look is shows in
-    bands next to the predicted surfaces, e.g. whether the rim just inside the brain+CSF
-    surface is brighter than the cortex just inside the no-CSF one. So for each output
-    the input image and the fine features are averaged over two bands of the (detached)
-    prediction, ``BAND_MM`` wide just inside and just outside its surface, with
-    triangular weights, and a small perceptron maps these means to the shifts. A
-    per-image correction of a segmentation's size read from the image, in the spirit of
-    the size estimates of constrained CNN losses (Kervadec et al., Medical Image Analysis
-    2019), but applied to the output instead of the loss; band means keep it
-    independent of how much of the head the field of view holds.
-
-    The output layer starts at zero, so a trained network grown with it computes exactly
-    what it did; its own weights can then be trained alone (``TrainConfig.trainable``).
-    """
-
-    BAND_MM = 4.0
-
-    def __init__(self, channels: int, outputs: int, hidden: int = 16) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(outputs * 2 * (channels + 1), hidden)
-        self.out = nn.Linear(hidden, outputs)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def band_means(self, distances: torch.Tensor, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """(B, outputs * 2 * (C + 1)) means of image and features in each output's two bands, in float32."""
-        with torch.autocast(features.device.type, enabled=False):
-            signals = torch.cat([image, features], dim=1).float().movedim(1, -1).flatten(1, 3)  # (B, N, C+1)
-            mm = distances.detach().float().flatten(2) * DISTANCE_SCALE_MM  # (B, K, N)
-            half = self.BAND_MM / 2
-            inside = torch.relu(1 - (mm + half).abs() / half)
-            outside = torch.relu(1 - (mm - half).abs() / half)
-            weights = torch.cat([inside, outside], dim=1)  # (B, 2K, N)
-            means = torch.bmm(weights, signals) / (weights.sum(dim=2, keepdim=True) + 1.0)
-            return means.flatten(1)
-
-    def forward(self, distances: torch.Tensor, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(features.device.type, enabled=False):
-            shift = self.out(F.gelu(self.hidden(self.band_means(distances, features, image))))
-        return distances + shift.to(distances.dtype)[..., None, None, None]
-
-
 class StripNet(nn.Module):
     """Two-level dilated MeshNet; input (B, 1, X, Y, Z) with X, Y, Z even."""
 
@@ -219,7 +163,6 @@ class StripNet(nn.Module):
         self.head = nn.Conv3d(c.fine_channels, c.outputs, 1)
         # modulates the core's output (stage 0) and the fine layers' output (stage 1)
         self.context = GlobalContext(c.core_channels, (c.core_channels, c.fine_channels)) if c.global_context else None
-        self.shift = SurfaceShift(c.fine_channels, c.outputs) if c.surface_shift else None
         if c.norm not in ("none", "instance"):
             raise ValueError(f"norm must be 'none' or 'instance', not {c.norm!r}")
         if c.input_normalisation not in INTENSITY_NORMALISATIONS:
@@ -247,10 +190,7 @@ class StripNet(nn.Module):
             h = self.context.modulate(h, summary, 1)
         for block in self.refine:
             h = h + block.scale * self._act(block.conv(h))
-        distances = self.head(h)
-        if self.shift is not None:
-            distances = self.shift(distances, h, x)
-        return distances
+        return self.head(h)
 
 
 def shipped_weights(checkpoint: dict) -> dict:
@@ -285,6 +225,4 @@ def flops_per_voxel(config: ModelConfig) -> float:
     if c.global_context:  # one multiply-add a channel for attention, pooling and modulation at 4 mm, modulation at 2 mm
         coarse += 3 * c.core_channels / 8
         fine += c.fine_channels
-    if c.surface_shift:  # two band weights and their image and feature products for each output
-        fine += c.outputs * 2 * (c.fine_channels + 2)
     return 2.0 * (fine + coarse)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -136,9 +135,6 @@ class TrainConfig:
     # checkpoint whose network weights start this run (the optimiser and step start
     # afresh); layers the checkpoint lacks, e.g. new refine blocks, keep their own init
     init_from: str | None = None
-    # names (prefixes) of the parameters this run trains, e.g. ["shift."] to train only a
-    # head grown on ``init_from``'s network; the others stay frozen. None trains them all
-    trainable: list[str] | None = None
     # decay of the exponential moving average of the weights (e.g. 0.998: about the last
     # 500 steps); validation, monitoring and export then use the average. None: no EMA
     ema_decay: float | None = None
@@ -407,7 +403,7 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
 
     # before the optimiser and any loading, which copy into these parameters in place
     model = StripNet(ModelConfig.from_dict(config.model)).to(memory_format=TRAINING_LAYOUT)
-    optimiser = torch.optim.Adam(trained_parameters(model, config.trainable), lr=config.learning_rate)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     step = 0
     resumed = resume and checkpoint_path.exists()
     if resumed:
@@ -499,25 +495,6 @@ def train(labels_dir: str | Path, out_dir: str | Path, config: TrainConfig, resu
     save_checkpoint(checkpoint_path, model, optimiser, step, config, average)
     plot_curves(out_dir / "log.csv", out_dir / "curves.png")
     return checkpoint_path
-
-
-def trained_parameters(model: StripNet, prefixes: Sequence[str] | None) -> list[nn.Parameter]:
-    """The parameters a run trains; the others are frozen (no gradient, so no backward through them).
-
-    With only a head after the network trained, a step costs the forward pass and the
-    sample, not the backward pass through the convolutions.
-    """
-    if prefixes is None:
-        return [p for p in model.parameters() if p.requires_grad]
-    chosen = []
-    for name, parameter in model.named_parameters():
-        if any(name.startswith(prefix) for prefix in prefixes):
-            chosen.append(parameter)
-        else:
-            parameter.requires_grad_(False)
-    if not chosen:
-        raise ValueError(f"trainable {list(prefixes)} names none of the model's parameters")
-    return chosen
 
 
 def _moving_average(model: StripNet, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
