@@ -63,6 +63,8 @@ def main() -> None:
 
     rows = []
     for case in read_manifest(args.manifest):
+        if case.mask is None:  # nothing to measure against
+            continue
         result = strip(str(case.image), options)
         dices = dice_by_border(result.sdt_image(), nib.load(case.mask), borders)
         rows.append({"case": case.case, "modality": case.modality, "dices": dices})
