@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from postprocess_sweep import EVAL_MANIFEST, RESULTS
 
 from skullstrip.evaluate import binary_mask, on_reference_grid, read_manifest
 from skullstrip.infer import StripOptions, strip
-
-RESULTS = Path(__file__).resolve().parent / "results"
-EVAL_MANIFEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval" / "manifest.csv"
 
 
 def dice_by_border(distance: nib.Nifti1Image, reference: nib.spatialimages.SpatialImage,
